@@ -1,0 +1,1 @@
+"""The SMA-SNN model (step and sequence forms), ONNX export and runtimes."""

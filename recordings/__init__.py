@@ -1,0 +1,1 @@
+"""Small sample recordings with labels, used by the demo and the tests."""

@@ -1,0 +1,7 @@
+"""``python -m smastream`` runs the command-line interface."""
+
+import sys
+
+from smastream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""The ``smastream`` command line: one entry point, subcommands registered in one place.
+
+Every subcommand is a module in ``smastream.commands`` with two functions:
+
+- ``add_arguments(parser: argparse.ArgumentParser) -> None``
+- ``run(args: argparse.Namespace) -> int`` (the exit code)
+
+Command modules import heavy dependencies inside ``run`` so that ``smastream --help`` stays
+fast. Expected failures raise :class:`smastream.errors.SmastreamError` and are printed here as
+one line; Ctrl-C ends a command with exit code 0 after its ``finally`` blocks closed files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from smastream import __version__
+from smastream.errors import SmastreamError
+
+# name -> one-line help. The module is smastream.commands.<name with - replaced by _>.
+COMMANDS: dict[str, str] = {
+    "info": "describe an event file: format, sensor, counts, rates, streams, labels",
+    "synth": "write a synthetic labelled gesture recording",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="smastream",
+        description="Real-time event-camera gesture recognition with a stateful SMA-SNN.",
+    )
+    parser.add_argument("--version", action="version", version=f"smastream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"smastream.commands.{name.replace('-', '_')}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (tests call this in-process)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except SmastreamError as exc:
+        print(f"smastream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"smastream {args.command}: interrupted", file=sys.stderr)
+        return 0
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

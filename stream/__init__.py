@@ -1,0 +1,1 @@
+"""The online path: events, file formats, sources, transport, binning and orchestration."""

@@ -1,0 +1,134 @@
+"""DVS Gesture label files: ``class,startTime_usec,endTime_usec``, one gesture per row.
+
+Classes are 1..11 in the file and 0..10 in memory (:data:`smastream.gestures.CLASS_NAMES`).
+A sample is the events with ``start_us <= t < end_us``. Repeated classes and overlapping
+windows occur in the real dataset (user26_fluorescent, user22_led): both are kept as they
+are, and :attr:`Labels.overlaps` reports every overlapping pair.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smastream.errors import FormatError
+from smastream.gestures import CLASS_NAMES, NUM_CLASSES
+
+HEADER = ("class", "startTime_usec", "endTime_usec")
+
+
+@dataclass(frozen=True, order=True)
+class GestureWindow:
+    """One labelled gesture: class ``label`` (0..10) for ``start_us <= t < end_us``."""
+
+    start_us: int
+    end_us: int
+    label: int
+
+    @property
+    def name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+    @property
+    def duration_us(self) -> int:
+        return self.end_us - self.start_us
+
+
+@dataclass
+class Labels:
+    """The windows of one recording, in file order, and the overlapping pairs among them."""
+
+    windows: list[GestureWindow] = field(default_factory=list)
+
+    @property
+    def overlaps(self) -> list[tuple[GestureWindow, GestureWindow]]:
+        """Every pair of windows that share time, ordered by start."""
+        ws = sorted(self.windows)
+        pairs = []
+        for i, a in enumerate(ws):
+            for b in ws[i + 1 :]:
+                if b.start_us >= a.end_us:
+                    break
+                pairs.append((a, b))
+        return pairs
+
+    @property
+    def repeated_classes(self) -> dict[int, int]:
+        """Classes that occur more than once: label -> count."""
+        counts: dict[int, int] = {}
+        for w in self.windows:
+            counts[w.label] = counts.get(w.label, 0) + 1
+        return {k: v for k, v in counts.items() if v > 1}
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __iter__(self) -> Iterator[GestureWindow]:
+        return iter(self.windows)
+
+
+def labels_path_for(recording: str | Path) -> Path:
+    """``rec.aedat4`` -> ``rec_labels.csv`` (the DVS Gesture naming)."""
+    p = Path(recording)
+    return p.with_name(p.stem + "_labels.csv")
+
+
+def read_labels(path: str | Path) -> Labels:
+    """Parse a label CSV.
+
+    Raises:
+        FormatError: unreadable file, wrong header, a bad row (with its line and byte
+            offset), a class outside 1..11, or an end not after its start.
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise FormatError(p, 0, f"cannot read label file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(p, exc.start, "label file is not UTF-8 text") from None
+    labels = Labels()
+    offset = 0
+    header_seen = False
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        row_offset = offset
+        offset += len(line.encode("utf-8"))
+        stripped = line.strip()
+        if not stripped:
+            continue
+        cells = [c.strip() for c in next(csv.reader([stripped]))]
+        if not header_seen:
+            header_seen = True
+            if tuple(cells) != HEADER:
+                raise FormatError(
+                    p, row_offset, f"line {lineno}: header {cells} is not {list(HEADER)}"
+                )
+            continue
+        if len(cells) != 3 or not all(c.lstrip("-").isdigit() for c in cells):
+            raise FormatError(p, row_offset, f"line {lineno}: expected 3 integers, got {cells}")
+        cls, start, end = (int(c) for c in cells)
+        if not 1 <= cls <= NUM_CLASSES:
+            raise FormatError(p, row_offset, f"line {lineno}: class {cls} outside 1..{NUM_CLASSES}")
+        if end <= start:
+            raise FormatError(p, row_offset, f"line {lineno}: end {end} is not after start {start}")
+        labels.windows.append(GestureWindow(start, end, cls - 1))
+    if not header_seen:
+        raise FormatError(p, 0, "empty label file (no header)")
+    return labels
+
+
+def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
+    """Write windows as a label CSV (classes written as 1..11), via a temporary file so a
+    crash never leaves a half-written file under the final name."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(HEADER)
+        for win in windows:
+            if not 0 <= win.label < NUM_CLASSES:
+                raise ValueError(f"label {win.label} outside 0..{NUM_CLASSES - 1}")
+            w.writerow((win.label + 1, win.start_us, win.end_us))
+    tmp.replace(p)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smastream.errors import FormatError
+from smastream.stream.formats.labels import (
+    GestureWindow,
+    labels_path_for,
+    read_labels,
+    write_labels,
+)
+
+
+def test_real_label_file(real_data: Path) -> None:
+    labels = read_labels(real_data / "aestream" / "user01_natural_labels.csv")
+    assert len(labels) == 12
+    assert labels.repeated_classes == {7: 2}  # class 8 (arm roll) twice, 0-based 7
+    assert labels.windows[0] == GestureWindow(53036986, 59508469, 0)
+    assert labels.windows[0].name == "hand clap"
+    assert min(w.start_us for w in labels) == 53036986
+    assert {w.label for w in labels} == set(range(11))
+
+
+def test_round_trip_keeps_repeats_and_overlaps(tmp_path: Path) -> None:
+    windows = [
+        GestureWindow(100, 500, 8),
+        GestureWindow(400, 900, 9),  # overlaps the previous one, as in user22_led
+        GestureWindow(1000, 2000, 8),  # class repeated
+    ]
+    path = tmp_path / "rec_labels.csv"
+    write_labels(path, windows)
+    assert path.read_text().splitlines()[:2] == ["class,startTime_usec,endTime_usec", "9,100,500"]
+    labels = read_labels(path)
+    assert labels.windows == windows
+    assert labels.overlaps == [(windows[0], windows[1])]
+    assert labels.repeated_classes == {8: 2}
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_labels_path_for() -> None:
+    assert labels_path_for("a/user01_natural.aedat") == Path("a/user01_natural_labels.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "empty"),
+        ("cls,start,end\n1,2,3\n", "header"),
+        ("class,startTime_usec,endTime_usec\n12,0,10\n", "class 12"),
+        ("class,startTime_usec,endTime_usec\n1,10,10\n", "not after"),
+        ("class,startTime_usec,endTime_usec\n1,abc,10\n", "3 integers"),
+    ],
+)
+def test_bad_label_files(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad_labels.csv"
+    path.write_text(text)
+    with pytest.raises(FormatError, match=match) as err:
+        read_labels(path)
+    assert str(path) in str(err.value)

@@ -1,0 +1,1 @@
+"""Datasets, the training loop with AZO, evaluation and reports."""
