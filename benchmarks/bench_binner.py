@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from smastream.stream.binning import Binner, bin_events
 from smastream.stream.events import EVENT_DTYPE, Events
 

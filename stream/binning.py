@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from numba import njit
+
 from smastream.stream.events import Events, as_events
 from smastream.stream.events import sensor_size as resolve_size
 

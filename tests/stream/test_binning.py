@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from smastream.stream.binning import (
     CHANNEL_OFF,
     CHANNEL_ON,
@@ -20,7 +21,6 @@ from smastream.stream.binning import (
     frame_geometry,
 )
 from smastream.stream.events import EVENT_DTYPE, make_events
-
 from tests.conftest import random_events
 
 
