@@ -24,7 +24,7 @@ from smastream.errors import SmastreamError
 COMMANDS: dict[str, str] = {
     "info": "describe an event file: format, sensor, counts, rates, streams, labels",
     "synth": "write a synthetic labelled gesture recording",
-    "keys": "make a CURVE key pair (NAME.key public, NAME.key_secret private) for encrypted transport",
+    "keys": "make a CURVE key pair (NAME.key, NAME.key_secret) for encrypted transport",
 }
 
 
