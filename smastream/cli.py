@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from smastream import __version__
@@ -24,6 +26,7 @@ from smastream.errors import SmastreamError
 COMMANDS: dict[str, str] = {
     "info": "describe an event file: format, sensor, counts, rates, streams, labels",
     "synth": "write a synthetic labelled gesture recording",
+    "publish": "stream a camera, file or synthetic source over ZeroMQ (+ lossless --record)",
     "keys": "make a CURVE key pair (NAME.key, NAME.key_secret) for encrypted transport",
 }
 
@@ -44,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (tests call this in-process)."""
     parser = build_parser()
@@ -51,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends a command like Ctrl-C: finally blocks close files and sockets.
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except SmastreamError as exc:
@@ -61,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except BrokenPipeError:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,9 +64,7 @@ def empty_events(n: int = 0) -> Events:
     return np.zeros(n, dtype=EVENT_DTYPE)
 
 
-def make_events(
-    t: npt.ArrayLike, x: npt.ArrayLike, y: npt.ArrayLike, p: npt.ArrayLike
-) -> Events:
+def make_events(t: npt.ArrayLike, x: npt.ArrayLike, y: npt.ArrayLike, p: npt.ArrayLike) -> Events:
     """Build an event array from four equal-length columns (copied and cast).
 
     Raises:

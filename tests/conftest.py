@@ -27,7 +27,10 @@ def rng() -> np.random.Generator:
 
 
 def random_events(
-    rng: np.random.Generator, n: int, size: tuple[int, int] = (128, 128), t0: int = 0,
+    rng: np.random.Generator,
+    n: int,
+    size: tuple[int, int] = (128, 128),
+    t0: int = 0,
     mean_dt_us: float = 10.0,
 ) -> Events:
     """``n`` sorted events on a ``size`` sensor, in the real dtype."""
