@@ -1,0 +1,915 @@
+"""Seeded synthetic recordings of the 11 DVS128 Gesture classes, from a DVS sensor model.
+
+A person (head, neck, torso, shoulders, legs, upper arms, forearms, hands; every part a thick
+anti-aliased capsule with cylinder shading) is rendered as an intensity image over a textured
+background, at ``render_hz`` frames per second. The arms follow a seeded gesture schedule:
+shuffled rounds of all 11 classes, each gesture 2-6 s with a random speed, amplitude and
+phase, separated by idle gaps in which the person stands still.
+
+Events come from a pixel model, never from drawn dots. Per pixel:
+
+- log intensity ``L = log(I)``, linear in time between two rendered frames;
+- a reference level ``ref``; an ON event when ``L - ref >= C_on``, an OFF event when
+  ``ref - L >= C_off`` (``C`` drawn per pixel, mean 0.2, sigma 0.03: threshold mismatch);
+  several events when several thresholds are crossed, each at the linearly interpolated
+  crossing time, with ``ref`` moving one threshold per event;
+- a refractory period: no event within ``refractory_us`` of the previous one of the same
+  pixel. An event delayed by it fires when the period ends and resets ``ref`` to the log
+  intensity at that moment (the excess is lost, as in a real pixel);
+- background activity: Poisson noise events at ``noise_hz`` per pixel, and a few hot pixels
+  firing at 50-300 Hz. Noise goes through the same refractory check, so every event of
+  every pixel (hot pixels included) is at least ``refractory_us`` after the previous one.
+
+Conventions: the person faces the camera, so the subject's right arm is on the left of the
+image (small x). Clockwise / counter-clockwise are as seen in the image (x right, y down).
+Pixel centres are at integer coordinates; y = 0 is the top row.
+
+Only the tiles (8x8 pixels) near a moving body part are re-rendered each frame (numba), so
+idle gaps cost almost nothing and a moving arm costs a few thousand pixels per frame.
+
+Everything random comes from ``SynthConfig.seed`` through independent streams (schedule,
+person, sensor, noise), so a recording is a pure function of its config: the same seed gives
+identical events and labels, whatever packet size the consumer asks for.
+
+Example:
+    >>> cfg = SynthConfig(sensor_size=(128, 128), seconds=10.0, seed=3)
+    >>> gen = SyntheticGestures(cfg)
+    >>> gen.labels  # known up front
+    >>> for packet in gen.packets(packet_us=1000):  # streams, 1 ms per packet
+    ...     ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from smastream.gestures import NUM_CLASSES
+from smastream.stream.events import EVENT_DTYPE, Events
+from smastream.stream.formats.labels import GestureWindow
+
+__all__ = ["SynthConfig", "SyntheticGestures", "generate"]
+
+FloatArray = npt.NDArray[np.float64]
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that defines a synthetic recording (a recording is a pure function of it).
+
+    Attributes:
+        sensor_size: ``(width, height)``; resolve names with
+            :func:`smastream.stream.events.sensor_size`. The person scales with it.
+        seconds: Duration of the recording.
+        seed: Seed of every random choice (schedule, person, sensor mismatch, noise).
+        gesture_s: ``(min, max)`` duration of one gesture, seconds.
+        gap_s: ``(min, max)`` idle gap before each gesture, seconds (the recording starts
+            with one).
+        threshold_on: Mean ON contrast threshold (log intensity).
+        threshold_off: Mean OFF contrast threshold (log intensity).
+        threshold_sigma: Per-pixel standard deviation of both thresholds (mismatch).
+        refractory_us: Minimum time between two events of one pixel, >= 1.
+        noise_hz: Background-activity noise rate per pixel.
+        n_hot_pixels: Number of hot pixels.
+        hot_pixel_hz: ``(min, max)`` rate of a hot pixel.
+        render_hz: Rendered frames per second; timestamps are interpolated inside frames.
+        t0_us: Timestamp of the start of the recording.
+    """
+
+    sensor_size: tuple[int, int] = (128, 128)
+    seconds: float = 60.0
+    seed: int = 0
+    gesture_s: tuple[float, float] = (2.0, 5.0)
+    gap_s: tuple[float, float] = (0.5, 1.5)
+    threshold_on: float = 0.2
+    threshold_off: float = 0.2
+    threshold_sigma: float = 0.03
+    refractory_us: int = 250
+    noise_hz: float = 0.2
+    n_hot_pixels: int = 3
+    hot_pixel_hz: tuple[float, float] = (50.0, 300.0)
+    render_hz: float = 1000.0
+    t0_us: int = 0
+
+    def __post_init__(self) -> None:
+        w, h = (int(v) for v in self.sensor_size)
+        if not (16 <= w <= 65535 and 16 <= h <= 65535):
+            raise ValueError(f"sensor_size {self.sensor_size!r}: both sides must be 16..65535")
+        object.__setattr__(self, "sensor_size", (w, h))
+        if not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"seconds must be a positive number, got {self.seconds!r}")
+        for name in ("gesture_s", "gap_s", "hot_pixel_hz"):
+            lo, hi = getattr(self, name)
+            low_ok = lo > 0 if name == "gesture_s" else lo >= 0
+            if not (low_ok and math.isfinite(hi) and lo <= hi):
+                need = "0 < min" if name == "gesture_s" else "0 <= min"
+                raise ValueError(f"{name} must be (min, max) with {need} <= max, got {(lo, hi)}")
+            object.__setattr__(self, name, (float(lo), float(hi)))
+        for name in ("threshold_on", "threshold_off"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.threshold_sigma >= 0:
+            raise ValueError(f"threshold_sigma must be >= 0, got {self.threshold_sigma!r}")
+        if int(self.refractory_us) < 1:
+            raise ValueError(f"refractory_us must be >= 1, got {self.refractory_us!r}")
+        if not self.noise_hz >= 0:
+            raise ValueError(f"noise_hz must be >= 0, got {self.noise_hz!r}")
+        if int(self.n_hot_pixels) < 0:
+            raise ValueError(f"n_hot_pixels must be >= 0, got {self.n_hot_pixels!r}")
+        if not 50 <= self.render_hz <= 100_000:
+            raise ValueError(f"render_hz must be in 50..100000, got {self.render_hz!r}")
+        if int(self.t0_us) < 0:
+            raise ValueError(f"t0_us must be >= 0, got {self.t0_us!r}")
+
+    @property
+    def duration_us(self) -> int:
+        return round(self.seconds * 1e6)
+
+
+# ---------------------------------------------------------------------------------------
+# Body geometry (units: body units ``u``, origin at the neck, x right, y down)
+# ---------------------------------------------------------------------------------------
+
+SHOULDER_X = 0.17
+SHOULDER_Y = 0.03
+UPPER_ARM = 0.19
+FOREARM = 0.18
+REACH = UPPER_ARM + FOREARM
+REST_SPREAD = 0.12  # rad between a hanging arm and vertical
+
+# Primitive order is the painting order (later parts are drawn over earlier ones).
+_PART_NAMES = (
+    "leg_r", "leg_l", "torso", "shoulders", "neck", "head",
+    "upper_r", "fore_r", "hand_r", "upper_l", "fore_l", "hand_l",
+)  # fmt: skip
+N_PARTS = len(_PART_NAMES)
+_RADII = np.array([0.07, 0.07, 0.14, 0.06, 0.045, 0.085, 0.045, 0.038, 0.045, 0.045, 0.038, 0.045])
+
+# Base frequency (Hz) of each class's main motion.
+_BASE_HZ = (2.0, 2.2, 2.2, 0.9, 0.9, 0.9, 0.9, 1.6, 2.5, 3.0, 0.6)
+
+
+@dataclass(frozen=True)
+class _Person:
+    """Where the person stands and what it looks like (pixels)."""
+
+    neck_x: float
+    neck_y: float
+    unit_px: float
+    albedo: FloatArray  # [N_PARTS]
+
+
+@dataclass(frozen=True)
+class _Gesture:
+    """One scheduled gesture and its random parameters."""
+
+    window: GestureWindow  # times relative to the start of the recording (no t0)
+    speed: float  # frequency multiplier
+    amp: float  # amplitude multiplier
+    phase: float  # rad
+    direction: float  # +1 or -1, where a class has a free sense
+    extra: FloatArray  # [16] uniform(0, 1) numbers for class-specific choices
+
+
+def _smoothstep(z: FloatArray) -> FloatArray:
+    z = np.clip(z, 0.0, 1.0)
+    return z * z * (3.0 - 2.0 * z)
+
+
+def _rest_hands() -> tuple[FloatArray, FloatArray]:
+    """Hand positions of straight, hanging arms (body units)."""
+    r = np.array([-SHOULDER_X, SHOULDER_Y]) + REACH * np.array(
+        [math.cos(math.pi / 2 + REST_SPREAD), math.sin(math.pi / 2 + REST_SPREAD)]
+    )
+    return r, r * np.array([-1.0, 1.0])
+
+
+def _gesture_targets(
+    label: int, s: FloatArray, g: _Gesture
+) -> tuple[FloatArray, FloatArray, float, float, FloatArray]:
+    """Hand targets of one class at times ``s`` (seconds into the gesture), before blending.
+
+    Returns:
+        ``(right [n, 2], left [n, 2], bend_right, bend_left, body_offset [n, 2])`` in body
+        units; the bends pick the elbow side of the two-link inverse kinematics.
+    """
+    n = s.shape[0]
+    f = _BASE_HZ[label] * g.speed
+    w = 2.0 * math.pi * f * s + g.phase
+    a = g.amp
+    zero = np.zeros((n, 2))
+    _, rest_l = _rest_hands()
+    sh_r = np.array([-SHOULDER_X, SHOULDER_Y])
+
+    def col(x: FloatArray | float, y: FloatArray | float) -> FloatArray:
+        return np.stack(np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float)), -1)
+
+    def mirror(
+        out: tuple[FloatArray, FloatArray, float, float, FloatArray],
+    ) -> tuple[FloatArray, FloatArray, float, float, FloatArray]:
+        r, left, br, bl, off = out
+        flip = np.array([-1.0, 1.0])
+        return left * flip, r * flip, -bl, -br, off * flip
+
+    if label == 0:  # hand clap: hands meet in front of the chest, again and again
+        sep = 0.045 + 0.012 + a * 0.13 * (0.5 + 0.5 * np.cos(w))
+        y = 0.17 + 0.04 * (g.extra[0] - 0.5) + 0.01 * np.sin(w)
+        return col(-sep, y), col(sep, y), 1.0, -1.0, zero
+    if label in (1, 2):  # hand wave: forearm up, swinging left-right, elbow out
+        elbow = sh_r + UPPER_ARM * np.array([math.cos(math.pi - 0.95), math.sin(math.pi - 0.95)])
+        phi = (0.45 + 0.15 * a) * np.sin(w) - 0.1
+        hand = col(elbow[0] + FOREARM * np.sin(phi), elbow[1] - FOREARM * np.cos(phi))
+        out = (hand, np.broadcast_to(rest_l, (n, 2)).copy(), -1.0, -1.0, zero)
+        return out if label == 1 else mirror(out)
+    if label in (3, 4, 5, 6):  # arm circles in the image plane, around the shoulder
+        # Right arm: clockwise = angle increasing (y down). Left arm = mirrored right arm of
+        # the opposite sense.
+        sense = 1.0 if label in (3, 6) else -1.0
+        theta = math.pi / 2 + REST_SPREAD + sense * (2.0 * math.pi * f * s)
+        radius = REACH * (0.8 + 0.2 * min(a, 1.0))
+        centre = sh_r + np.array([-0.03, 0.0])
+        hand = col(centre[0] + radius * np.cos(theta), centre[1] + radius * np.sin(theta))
+        out = (hand, np.broadcast_to(rest_l, (n, 2)).copy(), 1.0, -1.0, zero)
+        return out if label in (3, 4) else mirror(out)
+    if label == 7:  # arm roll: forearms roll around each other in front of the chest
+        theta = g.direction * w
+        cx, cy = 0.0, 0.2 + 0.04 * (g.extra[0] - 0.5)
+        rx, ry = 0.05 * a, 0.08 * a
+        r = col(cx - 0.03 + rx * np.cos(theta), cy + ry * np.sin(theta))
+        left = col(cx + 0.03 - rx * np.cos(theta), cy - ry * np.sin(theta))
+        return r, left, 1.0, -1.0, zero
+    if label == 8:  # air drums: hands strike alternately up and down
+
+        def strike(phase: FloatArray) -> FloatArray:
+            v = np.sin(phase)
+            return np.sign(v) * np.abs(v) ** 0.6
+
+        y0 = 0.24 + 0.04 * (g.extra[0] - 0.5)
+        amp = 0.075 * a
+        x0 = 0.12 + 0.03 * g.extra[1]
+        hand_r = col(-x0, y0 + amp * strike(w))
+        return hand_r, col(x0, y0 + amp * strike(w + np.pi)), 1.0, -1.0, zero
+    if label == 9:  # air guitar: right hand strums at the hip, left hand still up on the neck
+        strum = col(-0.06 + 0.015 * np.sin(0.5 * w), 0.37 + 0.06 * a * np.sin(w))
+        neck_x = 0.34 + 0.03 * g.extra[0] + 0.015 * np.sin(2.0 * math.pi * 0.4 * s)
+        fret = col(neck_x, -0.04 + 0.03 * (g.extra[1] - 0.5) + 0.0 * s)
+        out = (strum, fret, 1.0, 1.0, zero)
+        return out if g.extra[2] < 0.8 else mirror(out)
+    if label == 10:  # other: smooth random motion of both hands and a sway of the body
+        e = g.extra
+        base_r = np.array([-0.16 + 0.1 * e[0], 0.2 + 0.15 * e[1]])
+        base_l = np.array([0.16 - 0.1 * e[2], 0.2 + 0.15 * e[3]])
+        hands = []
+        for k, base in enumerate((base_r, base_l)):
+            xy = np.broadcast_to(base, (n, 2)).copy()
+            for j in range(2):
+                i = 4 + 4 * k + 2 * j
+                fx = f * (0.5 + 2.0 * e[i])
+                xy[:, 0] += a * 0.08 * np.sin(2 * math.pi * fx * s + 6.3 * e[i + 1])
+                xy[:, 1] += a * 0.08 * np.cos(2 * math.pi * fx * 0.7 * s + 6.3 * e[i])
+            hands.append(xy)
+        sway = col(0.03 * a * np.sin(2 * math.pi * 0.5 * f * s + g.phase), 0.0 * s)
+        return hands[0], hands[1], 1.0, -1.0, sway
+    raise ValueError(f"label {label} outside 0..{NUM_CLASSES - 1}")
+
+
+def _ik(shoulder: FloatArray, target: FloatArray, bend: float) -> tuple[FloatArray, FloatArray]:
+    """Two-link inverse kinematics: ``(elbow [n, 2], hand [n, 2])`` reaching for ``target``."""
+    d = target - shoulder
+    dist = np.hypot(d[:, 0], d[:, 1])
+    dist = np.clip(dist, abs(UPPER_ARM - FOREARM) + 1e-6, REACH)
+    base = np.arctan2(d[:, 1], d[:, 0])
+    cos_a = (UPPER_ARM**2 + dist**2 - FOREARM**2) / (2.0 * UPPER_ARM * dist)
+    alpha = np.arccos(np.clip(cos_a, -1.0, 1.0))
+    a1 = base + bend * alpha
+    elbow = shoulder + UPPER_ARM * np.stack([np.cos(a1), np.sin(a1)], -1)
+    hand = shoulder + dist[:, None] * np.stack([np.cos(base), np.sin(base)], -1)
+    return elbow, hand
+
+
+def _body_capsules(
+    neck: FloatArray,
+    hand_r: FloatArray,
+    hand_l: FloatArray,
+    bend_r: FloatArray,
+    bend_l: FloatArray,
+) -> FloatArray:
+    """Capsules ``[n, N_PARTS, 5]`` (x0, y0, x1, y1, radius) in body units."""
+    n = neck.shape[0]
+    caps = np.empty((n, N_PARTS, 5))
+    caps[:, :, 4] = _RADII
+
+    def seg(k: int, a: FloatArray, b: FloatArray) -> None:
+        caps[:, k, 0:2] = a
+        caps[:, k, 2:4] = b
+
+    o = neck
+    v = np.array
+    seg(0, o + v([-0.07, 0.45]), o + v([-0.09, 1.0]))
+    seg(1, o + v([0.07, 0.45]), o + v([0.09, 1.0]))
+    seg(2, o + v([0.0, 0.12]), o + v([0.0, 0.38]))
+    seg(3, o + v([-SHOULDER_X, SHOULDER_Y]), o + v([SHOULDER_X, SHOULDER_Y]))
+    seg(4, o + v([0.0, -0.05]), o + v([0.0, 0.04]))
+    seg(5, o + v([0.0, -0.15]), o + v([0.0, -0.11]))
+    for k0, sx, target, bend in ((6, -1.0, hand_r, bend_r), (9, 1.0, hand_l, bend_l)):
+        sh = o + v([sx * SHOULDER_X, SHOULDER_Y])
+        elbow = np.empty((n, 2))
+        hand = np.empty((n, 2))
+        for b in np.unique(bend):
+            m = bend == b
+            elbow[m], hand[m] = _ik(sh[m], target[m], float(b))
+        seg(k0, sh, elbow)
+        seg(k0 + 1, elbow, hand)
+        direction = (hand - elbow) / FOREARM
+        seg(k0 + 2, hand, hand + 0.035 * direction)
+    return caps
+
+
+# ---------------------------------------------------------------------------------------
+# Sensor model (numba)
+# ---------------------------------------------------------------------------------------
+
+TILE = 4
+_NEVER = -(1 << 62)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _intensity(
+    x: int,
+    y: int,
+    caps: np.ndarray,
+    albedo: np.ndarray,
+    bg: np.ndarray,
+    tex: np.ndarray,
+    which: np.ndarray,
+    n_which: int,
+) -> float:
+    """Scene intensity at pixel centre (x, y): background, then the capsules
+    ``which[:n_which]`` (indices into ``caps``, ascending = painting order)."""
+    val = float(bg[y, x])
+    t = float(tex[y, x])
+    px = float(x)
+    py = float(y)
+    for i in range(n_which):
+        k = which[i]
+        x0 = caps[k, 0]
+        y0 = caps[k, 1]
+        x1 = caps[k, 2]
+        y1 = caps[k, 3]
+        r = caps[k, 4]
+        if px < min(x0, x1) - r - 1.0 or px > max(x0, x1) + r + 1.0:
+            continue
+        if py < min(y0, y1) - r - 1.0 or py > max(y0, y1) + r + 1.0:
+            continue
+        dx = x1 - x0
+        dy = y1 - y0
+        ll = dx * dx + dy * dy
+        u = 0.0
+        if ll > 0.0:
+            u = ((px - x0) * dx + (py - y0) * dy) / ll
+            u = min(max(u, 0.0), 1.0)
+        ex = px - (x0 + u * dx)
+        ey = py - (y0 + u * dy)
+        d = math.sqrt(ex * ex + ey * ey)
+        cov = r - d + 0.5
+        if cov <= 0.0:
+            continue
+        cov = min(cov, 1.0)
+        q = min(d / r, 1.0) if r > 0.0 else 1.0
+        shade = 1.0 - 0.35 * q * q
+        val = val * (1.0 - cov) + albedo[k] * t * shade * cov
+    return val
+
+
+@numba.njit(cache=True, nogil=True)
+def _render(
+    caps: np.ndarray, albedo: np.ndarray, bg: np.ndarray, tex: np.ndarray, out: np.ndarray
+) -> None:
+    """Intensity of the whole sensor into ``out`` [H, W]."""
+    h, w = out.shape
+    which = np.arange(caps.shape[0])
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = _intensity(x, y, caps, albedo, bg, tex, which, caps.shape[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_capsule(
+    mask: np.ndarray, x0: float, y0: float, x1: float, y1: float, r: float, tile: int
+) -> None:
+    th, tw = mask.shape
+    reach = r + 0.7072 * tile + 1.5
+    tx0 = max(0, math.floor((min(x0, x1) - reach) / tile))
+    tx1 = min(tw - 1, math.floor((max(x0, x1) + reach) / tile))
+    ty0 = max(0, math.floor((min(y0, y1) - reach) / tile))
+    ty1 = min(th - 1, math.floor((max(y0, y1) + reach) / tile))
+    dx = x1 - x0
+    dy = y1 - y0
+    ll = dx * dx + dy * dy
+    for ty in range(ty0, ty1 + 1):
+        cy = (ty + 0.5) * tile - 0.5
+        for tx in range(tx0, tx1 + 1):
+            cx = (tx + 0.5) * tile - 0.5
+            u = 0.0
+            if ll > 0.0:
+                u = min(max(((cx - x0) * dx + (cy - y0) * dy) / ll, 0.0), 1.0)
+            ex = cx - (x0 + u * dx)
+            ey = cy - (y0 + u * dy)
+            if ex * ex + ey * ey <= reach * reach:
+                mask[ty, tx] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _simulate_frames(
+    caps: np.ndarray,
+    albedo: np.ndarray,
+    frame_t: np.ndarray,
+    f_start: int,
+    bg: np.ndarray,
+    tex: np.ndarray,
+    inten: np.ndarray,
+    log_i: np.ndarray,
+    ref: np.ndarray,
+    last_t: np.ndarray,
+    c_on: np.ndarray,
+    c_off: np.ndarray,
+    refractory: int,
+    noise_t: np.ndarray,
+    noise_x: np.ndarray,
+    noise_y: np.ndarray,
+    noise_p: np.ndarray,
+    noise_i: int,
+    moved: np.ndarray,
+    pending: np.ndarray,
+    out_t: np.ndarray,
+    out_x: np.ndarray,
+    out_y: np.ndarray,
+    out_p: np.ndarray,
+) -> tuple[int, int, int]:
+    """Advance the pixel model over frames ``f_start..`` of a block (see the module doc).
+
+    ``caps[f]`` is the scene at ``frame_t[f]``. Each frame re-renders the tiles near a
+    capsule that moved (``moved``) and re-checks the tiles left with a pixel whose event was
+    held back by the refractory period (``pending``). Stops early, before a frame whose
+    worst case might not fit in the output buffers. State arrays are updated in place.
+
+    Returns:
+        ``(n_events, next_frame, next_noise_index)``.
+    """
+    h, w = log_i.shape
+    th, tw = moved.shape
+    which = np.empty(caps.shape[1], dtype=np.int64)
+    n_frames = frame_t.shape[0] - 1
+    n_noise = noise_t.shape[0]
+    cap_out = out_t.shape[0]
+    n = 0
+    f = f_start
+    while f < n_frames:
+        ta = frame_t[f]
+        tb = frame_t[f + 1]
+        span = tb - ta
+        moved[:, :] = False
+        for k in range(caps.shape[1]):
+            changed = False
+            for j in range(5):
+                if caps[f, k, j] != caps[f + 1, k, j]:
+                    changed = True
+                    break
+            if changed:
+                for g in (f, f + 1):
+                    _mark_capsule(
+                        moved,
+                        caps[g, k, 0],
+                        caps[g, k, 1],
+                        caps[g, k, 2],
+                        caps[g, k, 3],
+                        caps[g, k, 4],
+                        TILE,
+                    )
+        n_tiles = 0
+        for ty in range(th):
+            for tx in range(tw):
+                if moved[ty, tx] or pending[ty, tx]:
+                    n_tiles += 1
+        j_end = noise_i
+        while j_end < n_noise and noise_t[j_end] < tb:
+            j_end += 1
+        bound = n_tiles * TILE * TILE * (span // refractory + 1) + (j_end - noise_i)
+        if n + bound > cap_out:
+            break
+        # Noise first: it resets the pixel, so signal events of this frame respect it.
+        while noise_i < j_end:
+            t = noise_t[noise_i]
+            x = noise_x[noise_i]
+            y = noise_y[noise_i]
+            if t - last_t[y, x] >= refractory:
+                out_t[n] = t
+                out_x[n] = x
+                out_y[n] = y
+                out_p[n] = noise_p[noise_i]
+                n += 1
+                last_t[y, x] = t
+            noise_i += 1
+        if n_tiles == 0:
+            f += 1
+            continue
+        scene = caps[f + 1]
+        for ty in range(th):
+            for tx in range(tw):
+                render = moved[ty, tx]
+                if not (render or pending[ty, tx]):
+                    continue
+                n_which = 0
+                if render:  # the capsules that can touch this tile, in painting order
+                    xa = tx * TILE - 1.0
+                    xb = (tx + 1) * TILE
+                    ya = ty * TILE - 1.0
+                    yb = (ty + 1) * TILE
+                    for k in range(scene.shape[0]):
+                        rr = scene[k, 4] + 1.0
+                        if min(scene[k, 0], scene[k, 2]) - rr > xb:
+                            continue
+                        if max(scene[k, 0], scene[k, 2]) + rr < xa:
+                            continue
+                        if min(scene[k, 1], scene[k, 3]) - rr > yb:
+                            continue
+                        if max(scene[k, 1], scene[k, 3]) + rr < ya:
+                            continue
+                        which[n_which] = k
+                        n_which += 1
+                still_pending = False
+                for y in range(ty * TILE, min(h, (ty + 1) * TILE)):
+                    for x in range(tx * TILE, min(w, (tx + 1) * TILE)):
+                        l0 = log_i[y, x]
+                        l1 = l0
+                        if render:
+                            i1 = _intensity(x, y, scene, albedo, bg, tex, which, n_which)
+                            if i1 != inten[y, x]:
+                                inten[y, x] = i1
+                                l1 = math.log(i1)
+                                log_i[y, x] = l1
+                        r = ref[y, x]
+                        con = c_on[y, x]
+                        coff = c_off[y, x]
+                        if r - coff < l1 < r + con:
+                            continue
+                        lt = last_t[y, x]
+                        while True:
+                            if l1 - r >= con:
+                                pol = 1
+                                level = r + con
+                                frac = 0.0 if l0 >= level else (level - l0) / (l1 - l0)
+                            elif r - l1 >= coff:
+                                pol = 0
+                                level = r - coff
+                                frac = 0.0 if l0 <= level else (l0 - level) / (l0 - l1)
+                            else:
+                                break
+                            tc = ta + int(frac * span)
+                            delayed = tc < lt + refractory
+                            if delayed:
+                                tc = lt + refractory
+                            if tc >= tb:
+                                still_pending = True
+                                break
+                            out_t[n] = tc
+                            out_x[n] = x
+                            out_y[n] = y
+                            out_p[n] = pol
+                            n += 1
+                            lt = tc
+                            if delayed:
+                                r = l0 + (l1 - l0) * (tc - ta) / span
+                            else:
+                                r = level
+                        ref[y, x] = r
+                        last_t[y, x] = lt
+                pending[ty, tx] = still_pending
+        f += 1
+    return n, f, noise_i
+
+
+# ---------------------------------------------------------------------------------------
+# The generator
+# ---------------------------------------------------------------------------------------
+
+
+def _smooth_field(rng: np.random.Generator, size: tuple[int, int], cell_px: float) -> FloatArray:
+    """Smooth random texture [H, W] with zero mean and unit-ish amplitude (bilinear noise)."""
+    w, h = size
+    gw = max(2, math.ceil(w / cell_px) + 2)
+    gh = max(2, math.ceil(h / cell_px) + 2)
+    grid = rng.standard_normal((gh, gw))
+    xs = np.arange(w) / cell_px
+    ys = np.arange(h) / cell_px
+    x0 = np.floor(xs).astype(int)
+    y0 = np.floor(ys).astype(int)
+    fx = _smoothstep(xs - x0)[None, :]
+    fy = _smoothstep(ys - y0)[:, None]
+    g00 = grid[np.ix_(y0, x0)]
+    g01 = grid[np.ix_(y0, x0 + 1)]
+    g10 = grid[np.ix_(y0 + 1, x0)]
+    g11 = grid[np.ix_(y0 + 1, x0 + 1)]
+    top = g00 * (1 - fx) + g01 * fx
+    bottom = g10 * (1 - fx) + g11 * fx
+    field: FloatArray = top * (1 - fy) + bottom * fy
+    return field / max(float(np.std(field)), 1e-9) * 0.5
+
+
+class SyntheticGestures:
+    """A seeded synthetic gesture recording that streams its events.
+
+    The schedule, the person and the sensor are drawn in the constructor, so
+    :attr:`labels` is known before any event is simulated. Each call of :meth:`packets`
+    simulates the recording again from the start (identical every time).
+
+    Args:
+        config: What to generate.
+    """
+
+    BLOCK_FRAMES = 64
+    """Frames simulated per numba call (fixed: noise is drawn per block)."""
+
+    def __init__(self, config: SynthConfig) -> None:
+        self.config = config
+        seq = np.random.SeedSequence(int(config.seed))
+        self._seed_schedule, self._seed_person, self._seed_sensor, self._seed_noise = seq.spawn(4)
+        self.frame_us = max(1, round(1e6 / config.render_hz))
+        self._gestures = self._draw_schedule()
+        self._person = self._draw_person()
+
+    # -- schedule and person ------------------------------------------------------------
+
+    def _draw_schedule(self) -> list[_Gesture]:
+        cfg = self.config
+        rng = np.random.default_rng(self._seed_schedule)
+        total = cfg.duration_us
+        step = self.frame_us  # windows start and end on frame times: no motion outside them
+
+        def draw(lo_hi: tuple[float, float]) -> int:
+            return round(rng.uniform(*lo_hi) * 1e6 / step) * step
+
+        t = draw(cfg.gap_s)
+        out: list[_Gesture] = []
+        while True:
+            order = rng.permutation(NUM_CLASSES)
+            for label in order:
+                dur = max(step, draw(cfg.gesture_s))
+                gap = draw(cfg.gap_s)
+                params = (
+                    rng.uniform(0.75, 1.3),
+                    rng.uniform(0.8, 1.2),
+                    rng.uniform(0.0, 2 * math.pi),
+                    float(rng.choice([-1.0, 1.0])),
+                    rng.uniform(size=16),
+                )
+                if t + dur > total:
+                    return out
+                out.append(_Gesture(GestureWindow(t, t + dur, int(label)), *params))
+                t += dur + gap
+
+    def _draw_person(self) -> _Person:
+        w, h = self.config.sensor_size
+        rng = np.random.default_rng(self._seed_person)
+        unit = min(h, 1.3 * w) * rng.uniform(0.64, 0.82)
+        neck_x = w / 2 + rng.uniform(-0.07, 0.07) * min(w, h)
+        neck_y = h * rng.uniform(0.03, 0.09) + 0.34 * unit
+        bright = rng.random() < 0.6
+        if bright:
+            skin = rng.uniform(0.7, 1.0)
+            shirt = skin * rng.uniform(0.5, 0.7)
+            legs = rng.uniform(0.35, 0.55)
+        else:
+            skin = rng.uniform(0.3, 0.45)
+            shirt = skin * rng.uniform(0.4, 0.6)
+            legs = rng.uniform(0.1, 0.2)
+        albedo = np.array(
+            [legs, legs, shirt, shirt, skin, skin, shirt, skin, skin, shirt, skin, skin]
+        )
+        self._background = rng.uniform(0.12, 0.25) if bright else rng.uniform(0.65, 0.9)
+        self._bg_field = 0.8 * _smooth_field(rng, (w, h), max(6.0, min(w, h) / 5)) + 0.4 * (
+            _smooth_field(rng, (w, h), max(3.0, min(w, h) / 16))
+        )
+        self._tex_field = _smooth_field(rng, (w, h), max(3.0, min(w, h) / 25))
+        return _Person(neck_x, neck_y, unit, albedo)
+
+    @property
+    def labels(self) -> list[GestureWindow]:
+        """The gesture windows, in time order, with ``t0_us`` added (known up front)."""
+        t0 = int(self.config.t0_us)
+        return [
+            GestureWindow(g.window.start_us + t0, g.window.end_us + t0, g.window.label)
+            for g in self._gestures
+        ]
+
+    def capsules_at(self, t_us: npt.ArrayLike) -> FloatArray:
+        """The scene at recording times ``t_us`` (relative to the start, without ``t0_us``).
+
+        Returns:
+            ``[n, 12, 5]`` capsules in pixels: ``x0, y0, x1, y1, radius`` of leg_r, leg_l,
+            torso, shoulders, neck, head, upper_r, fore_r, hand_r, upper_l, fore_l, hand_l.
+        """
+        t = np.atleast_1d(np.asarray(t_us, dtype=np.int64))
+        n = t.shape[0]
+        rest_r, rest_l = _rest_hands()
+        hand_r = np.broadcast_to(rest_r, (n, 2)).copy()
+        hand_l = np.broadcast_to(rest_l, (n, 2)).copy()
+        bend_r = np.ones(n)
+        bend_l = -np.ones(n)
+        offset = np.zeros((n, 2))
+        starts = np.array([g.window.start_us for g in self._gestures], dtype=np.int64)
+        idx = np.searchsorted(starts, t, side="right") - 1
+        for gi in np.unique(idx[idx >= 0]):
+            g = self._gestures[int(gi)]
+            m = (idx == gi) & (t < g.window.end_us)
+            if not m.any():
+                continue
+            s = (t[m] - g.window.start_us) / 1e6
+            dur = g.window.duration_us / 1e6
+            ramp = min(0.3, dur / 4)
+            env = (_smoothstep(s / ramp) * _smoothstep((dur - s) / ramp))[:, None]
+            r, left, br, bl, off = _gesture_targets(g.window.label, s, g)
+            hand_r[m] = rest_r + env * (r - rest_r)
+            hand_l[m] = rest_l + env * (left - rest_l)
+            bend_r[m] = br
+            bend_l[m] = bl
+            offset[m] = env * off
+        caps = _body_capsules(offset, hand_r, hand_l, bend_r, bend_l)
+        p = self._person
+        caps *= p.unit_px
+        caps[:, :, 0] += p.neck_x
+        caps[:, :, 2] += p.neck_x
+        caps[:, :, 1] += p.neck_y
+        caps[:, :, 3] += p.neck_y
+        return caps
+
+    def render(self, t_us: int) -> npt.NDArray[np.float32]:
+        """The scene intensity image ``[H, W]`` at recording time ``t_us`` (for inspection)."""
+        w, h = self.config.sensor_size
+        out = np.empty((h, w), dtype=np.float64)
+        bg, tex = self._textures()
+        _render(self.capsules_at([t_us])[0], self._person.albedo, bg, tex, out)
+        return out.astype(np.float32)
+
+    def _textures(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        bg = np.clip(self._background * (1.0 + 0.4 * self._bg_field), 0.03, None)
+        tex = np.clip(1.0 + 0.25 * self._tex_field, 0.3, None)
+        return bg.astype(np.float32), tex.astype(np.float32)
+
+    # -- simulation ------------------------------------------------------------------
+
+    def packets(self, packet_us: int = 1000) -> Iterator[Events]:
+        """Simulate the recording and yield it in packets of ``packet_us`` each.
+
+        Packet ``k`` holds the events with ``t0 + k*packet_us <= t < t0 + (k+1)*packet_us``
+        (empty packets included, so that time advances; the last one may be shorter).
+        Events are sorted by ``t`` within and across packets. Memory stays flat: only one
+        block of frames is simulated ahead.
+
+        Shapes:
+            Each packet: ``[n]`` of :data:`~smastream.stream.events.EVENT_DTYPE`.
+        """
+        if int(packet_us) <= 0:
+            raise ValueError(f"packet_us must be a positive integer, got {packet_us!r}")
+        packet_us = int(packet_us)
+        cfg = self.config
+        t0 = int(cfg.t0_us)
+        total = cfg.duration_us
+        next_edge = packet_us
+        pending = np.empty(0, dtype=EVENT_DTYPE)
+        for block, block_end in self._blocks():
+            buf = np.concatenate([pending, block]) if len(pending) else block
+            while next_edge <= block_end:
+                cut = int(np.searchsorted(buf["t"], t0 + next_edge, side="left"))
+                yield buf[:cut]
+                buf = buf[cut:]
+                next_edge += packet_us
+            pending = buf
+        if next_edge - packet_us < total:  # the last, shorter packet
+            yield pending
+
+    def _blocks(self) -> Iterator[tuple[Events, int]]:
+        """Simulate block after block of frames.
+
+        Yields:
+            ``(events, end_us)``: the sorted events of the block and the block's end time
+            (relative to the start of the recording; all events are before it).
+        """
+        cfg = self.config
+        w, h = cfg.sensor_size
+        total = cfg.duration_us
+        dt = self.frame_us
+        n_frames = -(-total // dt)
+        frame_t = np.minimum(np.arange(n_frames + 1, dtype=np.int64) * dt, total)
+        p = self._person
+        albedo = p.albedo.astype(np.float64)
+        bg, tex = self._textures()
+
+        rng_sensor = np.random.default_rng(self._seed_sensor)
+        sigma = cfg.threshold_sigma
+        c_on = np.clip(rng_sensor.normal(cfg.threshold_on, sigma, (h, w)), 0.05, None)
+        c_off = np.clip(rng_sensor.normal(cfg.threshold_off, sigma, (h, w)), 0.05, None)
+        n_hot = min(int(cfg.n_hot_pixels), w * h)
+        hot_idx = rng_sensor.choice(w * h, size=n_hot, replace=False)
+        hot_hz = rng_sensor.uniform(*cfg.hot_pixel_hz, size=n_hot)
+        rng_noise = np.random.default_rng(self._seed_noise)
+
+        inten = np.empty((h, w), dtype=np.float64)
+        _render(self.capsules_at([0])[0], albedo, bg, tex, inten)
+        log_i = np.log(inten)
+        ref = log_i.copy()
+        last_t = np.full((h, w), _NEVER, dtype=np.int64)
+        moved = np.zeros((-(-h // TILE), -(-w // TILE)), dtype=np.bool_)
+        pending = np.zeros_like(moved)
+        capacity = 1 << 20
+        out_t = np.empty(capacity, np.int64)
+        out_x = np.empty(capacity, np.uint16)
+        out_y = np.empty(capacity, np.uint16)
+        out_p = np.empty(capacity, np.uint8)
+        refr = int(cfg.refractory_us)
+        t0 = int(cfg.t0_us)
+
+        for b0 in range(0, n_frames, self.BLOCK_FRAMES):
+            ft = frame_t[b0 : b0 + self.BLOCK_FRAMES + 1]
+            caps = self.capsules_at(ft)
+            nt, nx, ny, np_ = self._noise(rng_noise, int(ft[0]), int(ft[-1]), hot_idx, hot_hz)
+            pieces = []
+            f, ni = 0, 0
+            while f < len(ft) - 1:
+                n, f_next, ni = _simulate_frames(
+                    caps,
+                    albedo,
+                    ft,
+                    f,
+                    bg,
+                    tex,
+                    inten,
+                    log_i,
+                    ref,
+                    last_t,
+                    c_on,
+                    c_off,
+                    refr,
+                    nt,
+                    nx,
+                    ny,
+                    np_,
+                    ni,
+                    moved,
+                    pending,
+                    out_t,
+                    out_x,
+                    out_y,
+                    out_p,
+                )
+                if f_next == f and n == 0:  # one frame needs more room than we have
+                    capacity *= 4
+                    out_t = np.empty(capacity, np.int64)
+                    out_x = np.empty(capacity, np.uint16)
+                    out_y = np.empty(capacity, np.uint16)
+                    out_p = np.empty(capacity, np.uint8)
+                    continue
+                ev = np.empty(n, dtype=EVENT_DTYPE)
+                ev["t"] = out_t[:n] + t0
+                ev["x"] = out_x[:n]
+                ev["y"] = out_y[:n]
+                ev["p"] = out_p[:n]
+                pieces.append(ev)
+                f = f_next
+            ev = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+            ev = ev[np.argsort(ev["t"], kind="stable")]
+            yield ev, int(ft[-1])
+
+    def _noise(
+        self, rng: np.random.Generator, ta: int, tb: int, hot_idx: np.ndarray, hot_hz: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Background-activity and hot-pixel events in ``[ta, tb)``, sorted by time."""
+        w, h = self.config.sensor_size
+        span_s = (tb - ta) / 1e6
+        n_ba = int(rng.poisson(self.config.noise_hz * w * h * span_s))
+        n_hot = rng.poisson(hot_hz * span_s) if len(hot_idx) else np.zeros(0, dtype=np.int64)
+        pix = np.concatenate([rng.integers(0, w * h, n_ba), np.repeat(hot_idx, n_hot)]).astype(
+            np.int64
+        )
+        t = np.asarray(rng.integers(ta, tb, pix.shape[0], dtype=np.int64))
+        p = np.asarray(rng.random(pix.shape[0]) < 0.5, dtype=np.uint8)
+        order = np.argsort(t, kind="stable")
+        pix = pix[order]
+        return t[order], pix % w, pix // w, p[order]
+
+
+def generate(config: SynthConfig) -> tuple[Events, list[GestureWindow]]:
+    """Simulate a whole recording in memory: ``(events [n], labels)``."""
+    gen = SyntheticGestures(config)
+    parts = [ev for ev, _ in gen._blocks()]
+    events = np.concatenate(parts) if parts else np.empty(0, dtype=EVENT_DTYPE)
+    return events, gen.labels
