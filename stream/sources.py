@@ -1,0 +1,362 @@
+"""Event sources: recorded files, cameras and the synthetic gesture generator.
+
+Every source yields :class:`SourcePacket` objects: a few milliseconds of sorted events plus
+the sensor size and a ``discontinuity`` flag (set on the first packet after a loop restart
+or a camera reconnection, so that the network's state is reset downstream). Timestamps are
+kept monotonic across loops by shifting each repetition past the previous one.
+
+- :class:`FileSource` streams any format the readers know (``smastream.stream.formats``),
+  re-cut into packets of ``packet_us``, paced at recorded speed, at a multiple of it, or as
+  fast as possible; ``loop``; ``start_us`` seeks by time.
+- :class:`CameraSource` wraps dv-processing's camera input; with no camera it raises a
+  one-line :class:`~smastream.errors.SmastreamError` that lists what it sees; when the
+  camera goes away it retries with backoff and flags a discontinuity.
+- :class:`SyntheticSource` runs the gesture generator as if it were a live camera.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from smastream.errors import DependencyError, SmastreamError
+from smastream.stream.events import SENSOR_SIZES, Events, as_events, empty_events
+from smastream.stream.formats import open_events
+
+DEFAULT_PACKET_US = 5_000
+"""Default packet duration: 5 ms, a few packets per 50 ms bin."""
+
+
+@dataclass(frozen=True)
+class SourcePacket:
+    """A packet of events from a source.
+
+    Attributes:
+        events: Sorted events (:data:`~smastream.stream.events.EVENT_DTYPE`), maybe empty.
+        sensor_size: ``(width, height)`` of the sensor.
+        t_end_us: Sensor time up to which this packet is complete (exclusive): no later
+            packet holds an event before it. Lets the binner close windows in quiet periods.
+        discontinuity: True on the first packet after a gap in the stream (loop restart,
+            camera reconnect): downstream state should be reset.
+    """
+
+    events: Events
+    sensor_size: tuple[int, int]
+    t_end_us: int
+    discontinuity: bool = False
+
+
+class EventSource(Protocol):
+    """What the pipeline needs from a source."""
+
+    sensor_size: tuple[int, int]
+    name: str
+
+    def packets(self) -> Iterator[SourcePacket]: ...
+
+    def close(self) -> None: ...
+
+
+class Pacer:
+    """Sleeps so that sensor time advances at ``speed`` × wall-clock time.
+
+    ``speed=None`` means as fast as possible. The first call anchors sensor time to the
+    wall clock; a ``reanchor()`` after a discontinuity starts afresh.
+    """
+
+    def __init__(
+        self,
+        speed: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if speed is not None and not speed > 0:
+            raise ValueError(
+                f"speed must be positive (or None for as fast as possible), got {speed}"
+            )
+        self.speed = speed
+        self._clock = clock
+        self._sleep = sleep
+        self._anchor: tuple[int, float] | None = None
+
+    def reanchor(self) -> None:
+        self._anchor = None
+
+    def wait_until(self, t_us: int) -> None:
+        """Block until sensor time ``t_us`` is due."""
+        if self.speed is None:
+            return
+        now = self._clock()
+        if self._anchor is None:
+            self._anchor = (t_us, now)
+            return
+        t0, w0 = self._anchor
+        due = w0 + (t_us - t0) / 1e6 / self.speed
+        if due > now:
+            self._sleep(due - now)
+
+
+class FileSource:
+    """Replays an event file as a stream of packets.
+
+    Args:
+        path: Any file ``smastream.stream.formats.open_events`` can read.
+        speed: 1.0 = recorded speed, 2.0 = twice as fast, None = as fast as possible.
+        loop: Start again at the end (time keeps increasing; the restart is flagged).
+        start_us: Skip to the first event at or after this (absolute) time.
+        packet_us: Duration of each packet handed on.
+        sensor_size: Override when the file does not say it.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        speed: float | None = 1.0,
+        loop: bool = False,
+        start_us: int | None = None,
+        packet_us: int = DEFAULT_PACKET_US,
+        sensor_size: tuple[int, int] | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
+        if packet_us <= 0:
+            raise ValueError(f"packet_us must be positive, got {packet_us}")
+        self.path = Path(path)
+        self.loop = loop
+        self.start_us = start_us
+        self.packet_us = packet_us
+        self.pacer = pacer or Pacer(speed)
+        self._reader = open_events(self.path)
+        size = sensor_size or self._reader.sensor_size
+        if size is None:
+            self._reader.close()
+            raise SmastreamError(
+                f"{self.path}: the file does not give its sensor size; pass one "
+                "(for example --sensor dvs128)"
+            )
+        self.sensor_size: tuple[int, int] = size
+        self.name = f"file:{self.path.name}"
+        self.loops = 0
+
+    def packets(self) -> Iterator[SourcePacket]:
+        """Yield packets on the grid ``k*packet_us``, paced; returns at the end of the file.
+
+        Quiet stretches give empty packets, so time keeps advancing downstream.
+        """
+        offset = 0  # added to the timestamps of a repetition (loop)
+        discontinuity = False
+        first_pass = True
+        while True:
+            self._reader.seek(
+                self.start_us if first_pass and self.start_us is not None else -(1 << 62)
+            )
+            edge: int | None = None  # end (exclusive) of the packet being filled
+            raw_first = 0
+            pending: list[Events] = []
+            for chunk in self._reader:
+                if len(chunk) == 0:
+                    continue
+                if offset:
+                    chunk = chunk.copy()
+                    chunk["t"] += offset
+                if edge is None:
+                    raw_first = int(chunk["t"][0]) - offset
+                    edge = int(chunk["t"][0]) // self.packet_us * self.packet_us + self.packet_us
+                pending.append(chunk)
+                while int(chunk["t"][-1]) >= edge:
+                    yield self._emit(pending, edge, discontinuity)
+                    discontinuity = False
+                    edge += self.packet_us
+            if edge is None:  # nothing (left) to read
+                return
+            yield self._emit(pending, edge, discontinuity)
+            if not self.loop:
+                return
+            first_pass = False
+            self.loops += 1
+            offset = edge - raw_first // self.packet_us * self.packet_us
+            discontinuity = True
+            self.pacer.reanchor()
+
+    def _emit(self, pending: list[Events], edge: int, discontinuity: bool) -> SourcePacket:
+        """Take the events before ``edge`` out of ``pending`` as one packet."""
+        before: list[Events] = []
+        rest: list[Events] = []
+        for part in pending:
+            cut = int(np.searchsorted(part["t"], edge, side="left"))
+            if cut:
+                before.append(part[:cut])
+            if cut < len(part):
+                rest.append(part[cut:])
+        pending[:] = rest
+        events = (
+            np.concatenate(before) if len(before) > 1 else (before[0] if before else empty_events())
+        )
+        self.pacer.wait_until(edge)
+        return SourcePacket(events, self.sensor_size, edge, discontinuity)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def list_cameras() -> list[str]:
+    """Names (``model serial``) of the cameras dv-processing can see; empty when none."""
+    try:
+        import dv_processing as dv
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise DependencyError(
+            "camera input needs dv-processing: pip install dv-processing"
+        ) from exc
+    found = []
+    for d in dv.io.camera.discover():
+        found.append(f"{d.cameraModel} {d.serialNumber}".strip())
+    return found
+
+
+class CameraSource:
+    """A live camera through dv-processing.
+
+    Args:
+        device: ``auto`` (the first camera found), a model name (``davis346``,
+            ``dvxplorer``, ``dvs128``) or a serial number.
+        reconnect_s: Longest wait between reconnection attempts (backoff doubles up to it).
+
+    Raises:
+        SmastreamError: no matching camera; the message lists what is visible and suggests
+            ``smastream replay`` for recorded files.
+    """
+
+    def __init__(self, device: str = "auto", *, reconnect_s: float = 5.0) -> None:
+        self.device = device
+        self.reconnect_s = reconnect_s
+        self._camera: Any = None
+        self._serial = self._pick()
+        self._camera = self._open()
+        w, h = self._camera.getEventResolution()
+        self.sensor_size = (int(w), int(h))
+        self.name = f"camera:{self._camera.getCameraName()}"
+        self.reconnects = 0
+
+    def _pick(self) -> str:
+        import dv_processing as dv
+
+        cameras = list(dv.io.camera.discover())
+        names = [f"{d.cameraModel} {d.serialNumber}".strip() for d in cameras]
+        want = self.device.lower()
+        for d in cameras:
+            model = str(d.cameraModel).lower().replace(" ", "")
+            if want in ("auto", str(d.serialNumber).lower()) or want in model:
+                return str(d.serialNumber)
+        seen = ", ".join(names) if names else "none"
+        raise SmastreamError(
+            f"no camera matching {self.device!r} (cameras found: {seen}); "
+            "to run on a recording use: smastream replay FILE"
+        )
+
+    def _open(self) -> Any:
+        import dv_processing as dv
+
+        camera = dv.io.camera.open(self._serial)
+        if not camera.isEventStreamAvailable():
+            raise SmastreamError(f"camera {self._serial} has no event stream")
+        return camera
+
+    def packets(self) -> Iterator[SourcePacket]:
+        discontinuity = False
+        backoff = 0.1
+        last_t = 0
+        while True:
+            try:
+                running = self._camera is not None and self._camera.isRunning()
+                batch = self._camera.getNextEventBatch() if running else None
+            except RuntimeError:
+                running = False
+                batch = None
+            if not running:
+                self._camera = None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.reconnect_s)
+                try:
+                    self._camera = self._open()
+                    self.reconnects += 1
+                    discontinuity = True
+                    backoff = 0.1
+                except (RuntimeError, SmastreamError):
+                    pass
+                continue
+            if batch is None or batch.size() == 0:
+                time.sleep(0.001)
+                continue
+            events = as_events(batch.numpy())
+            last_t = max(last_t, int(events["t"][-1]) + 1)
+            yield SourcePacket(events, self.sensor_size, last_t, discontinuity)
+            discontinuity = False
+
+    def close(self) -> None:
+        self._camera = None
+
+
+class SyntheticSource:
+    """The synthetic gesture generator as a live camera (paced like a real one).
+
+    Args:
+        sensor: Sensor name or ``(width, height)``.
+        seconds: Length of the generated schedule (``None`` repeats forever with new seeds).
+        seed: Seed of the first schedule.
+        speed: Pacing as for :class:`FileSource`.
+    """
+
+    def __init__(
+        self,
+        sensor: str | tuple[int, int] = "dvs128",
+        *,
+        seconds: float = 60.0,
+        seed: int = 0,
+        speed: float | None = 1.0,
+        packet_us: int = DEFAULT_PACKET_US,
+    ) -> None:
+        from smastream.stream.events import sensor_size
+
+        self.sensor_size = sensor_size(sensor)
+        self.seconds = seconds
+        self.seed = seed
+        self.packet_us = packet_us
+        self.pacer = Pacer(speed)
+        self.name = f"synthetic:{self.seed}"
+
+    def packets(self) -> Iterator[SourcePacket]:
+        from smastream.stream.synthetic import SynthConfig, SyntheticGestures
+
+        gen = SyntheticGestures(
+            SynthConfig(sensor_size=self.sensor_size, seconds=self.seconds, seed=self.seed)
+        )
+        self.labels = gen.labels
+        # the generator's packet k spans [k*packet_us, (k+1)*packet_us), empty ones included
+        for k, events in enumerate(gen.packets(self.packet_us)):
+            t_end = (k + 1) * self.packet_us
+            self.pacer.wait_until(t_end)
+            yield SourcePacket(events, self.sensor_size, t_end)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(
+    spec: str,
+    *,
+    speed: float | None = 1.0,
+    loop: bool = False,
+    packet_us: int = DEFAULT_PACKET_US,
+) -> EventSource:
+    """A source from a command-line spec: a file path, ``camera:DEVICE`` or ``synthetic[:SEED]``."""
+    if spec.startswith("synthetic"):
+        _, _, seed = spec.partition(":")
+        return SyntheticSource(seed=int(seed or 0), speed=speed, packet_us=packet_us)
+    if spec.startswith("camera:") or spec in SENSOR_SIZES or spec == "auto":
+        return CameraSource(spec.removeprefix("camera:"))
+    return FileSource(spec, speed=speed, loop=loop, packet_us=packet_us)
