@@ -139,6 +139,9 @@ class SynthConfig:
 # Body geometry (units: body units ``u``, origin at the neck, x right, y down)
 # ---------------------------------------------------------------------------------------
 
+DEMO_SEEDS = (7, 8)
+"""Seeds used for the shipped demo recordings; keep them out of training data."""
+
 SHOULDER_X = 0.17
 SHOULDER_Y = 0.03
 UPPER_ARM = 0.19

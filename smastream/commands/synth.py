@@ -26,9 +26,6 @@ from pathlib import Path
 
 from smastream.errors import SmastreamError
 
-DEMO_SEEDS = (7, 8)
-"""Seeds used for the shipped demo recordings; keep them out of training data."""
-
 
 def _positive_float(text: str) -> float:
     try:
