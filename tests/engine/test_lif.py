@@ -1,0 +1,94 @@
+"""LIF neuron (spec §1): golden trajectory, surrogate gradient, detached reset, modes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from smastream.engine.lif import LIF, lif_step, spike
+
+# Hand-computed for tau = 2, threshold 1, hard reset: H = V/2 + X/2.
+GOLDEN_X = [0.5, 1.5, 2.5, 0.0, 2.0, 1.0, 1.0, 1.0, -1.0, 4.0]
+GOLDEN_H = [0.25, 0.875, 1.6875, 0.0, 1.0, 0.5, 0.75, 0.875, -0.0625, 1.96875]
+GOLDEN_S = [0, 0, 1, 0, 1, 0, 0, 0, 0, 1]  # step 5 sits exactly on the threshold: fires
+GOLDEN_V = [0.25, 0.875, 0.0, 0.0, 0.0, 0.5, 0.75, 0.875, -0.0625, 0.0]
+
+
+@pytest.mark.parametrize("surrogate", [False, True])
+def test_golden_trajectory(surrogate: bool) -> None:
+    v = torch.zeros(1)
+    spikes, membranes = [], []
+    for x in GOLDEN_X:
+        s, v = lif_step(torch.tensor([x]), v, surrogate=surrogate)
+        spikes.append(s.item())
+        membranes.append(v.item())
+    assert spikes == GOLDEN_S
+    assert membranes == GOLDEN_V
+
+
+def test_module_sequence_matches_golden() -> None:
+    lif = LIF().eval()
+    x = torch.tensor(GOLDEN_X)[:, None, None].expand(10, 2, 3)  # [T, B, F]
+    s, v = lif.sequence(x, torch.zeros(2, 3))
+    assert s.shape == (10, 2, 3)
+    assert torch.equal(s[:, 0, 0], torch.tensor(GOLDEN_S, dtype=torch.float32))
+    assert torch.equal(v, torch.zeros(2, 3))  # last step fired and reset
+    # The membrane before the reset equals the golden H at a non-firing step.
+    _, v9 = lif.sequence(x[:9], torch.zeros(2, 3))
+    assert torch.allclose(v9, torch.full((2, 3), GOLDEN_H[8]))
+
+
+def test_arctan_surrogate_gradient() -> None:
+    h = torch.tensor([1.0, 1.5, 0.2, -3.0], requires_grad=True)
+    spike(h, 1.0, surrogate=True, alpha=2.0).sum().backward()
+    alpha = 2.0
+    expected = [
+        (alpha / 2) / (1 + (math.pi * alpha * (hv - 1.0) / 2) ** 2) for hv in [1.0, 1.5, 0.2, -3.0]
+    ]
+    assert h.grad is not None
+    assert torch.allclose(h.grad, torch.tensor(expected), atol=1e-7)
+    assert h.grad[0].item() == pytest.approx(1.0)
+
+
+def test_plain_comparison_has_no_gradient_path() -> None:
+    h = torch.tensor([0.5, 1.0], requires_grad=True)
+    s = spike(h, 1.0, surrogate=False)
+    assert not s.requires_grad
+    assert s.tolist() == [0.0, 1.0]
+
+
+def test_reset_is_detached() -> None:
+    # v_next = H·(1 - S) with S detached: d v_next / d x = 1/tau where silent, 0 where fired.
+    x = torch.tensor([0.5, 3.0], requires_grad=True)
+    _, v = lif_step(x, torch.zeros(2), surrogate=True)
+    v.sum().backward()
+    assert x.grad is not None
+    assert x.grad.tolist() == [0.5, 0.0]
+
+
+def test_module_picks_spike_function_from_its_mode() -> None:
+    lif = LIF()
+    x = torch.tensor([2.5], requires_grad=True)
+    s_train, _ = lif.train()(x, torch.zeros(1))
+    s_eval, _ = lif.eval()(x, torch.zeros(1))
+    assert s_train.requires_grad and not s_eval.requires_grad
+    assert torch.equal(s_train, s_eval)
+
+
+def test_other_tau() -> None:
+    # tau = 4: H = 3/4 V + 1/4 X
+    s, v = lif_step(torch.tensor([1.0, 2.0]), torch.tensor([0.8, 0.8]), tau=4.0)
+    assert s.tolist() == [0.0, 1.0]
+    assert v[0].item() == pytest.approx(0.6 + 0.25)
+    assert v[1].item() == 0.0
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="tau"):
+        lif_step(torch.zeros(1), torch.zeros(1), tau=0.5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        lif_step(torch.zeros(2), torch.zeros(()))
+    with pytest.raises(ValueError, match="tau"):
+        LIF(tau=0.0)
