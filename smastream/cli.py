@@ -27,6 +27,10 @@ COMMANDS: dict[str, str] = {
     "info": "describe an event file: format, sensor, counts, rates, streams, labels",
     "synth": "write a synthetic labelled gesture recording",
     "publish": "stream a camera, file or synthetic source over ZeroMQ (+ lossless --record)",
+    "replay": "run the live pipeline on a recorded file (overlay, predictions, video)",
+    "live": "camera -> overlay window with live gesture predictions",
+    "infer": "run inference on another machine's `smastream publish` stream",
+    "profile": "per-stage latency, throughput, CPU/memory (and Jetson power) of the pipeline",
     "keys": "make a CURVE key pair (NAME.key, NAME.key_secret) for encrypted transport",
 }
 

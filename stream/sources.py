@@ -360,3 +360,64 @@ def open_source(
     if spec.startswith("camera:") or spec in SENSOR_SIZES or spec == "auto":
         return CameraSource(spec.removeprefix("camera:"))
     return FileSource(spec, speed=speed, loop=loop, packet_us=packet_us)
+
+
+class SubscriberSource:
+    """Packets from another machine's ``smastream publish``, as a source.
+
+    Waits (up to ``first_packet_s``) for the first packet to learn the sensor size. A
+    packet flagged DISCONTINUITY is passed on as one; lost packets are counted by the
+    subscriber (:meth:`lost_packets`) and the pipeline resets its state on them. While
+    nothing arrives, empty packets are yielded every ``idle_s`` so the consumer can stop.
+    The stream ends at an END_OF_STREAM packet.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        curve_server_public: str | Path | None = None,
+        curve_client_secret: str | Path | None = None,
+        first_packet_s: float = 30.0,
+        idle_s: float = 0.2,
+    ) -> None:
+        from smastream.stream.transport import Subscriber
+
+        self.endpoint = endpoint
+        self.idle_s = idle_s
+        self._sub = Subscriber(
+            endpoint,
+            curve_server_public=curve_server_public,
+            curve_client_secret=curve_client_secret,
+        )
+        first = self._sub.recv(timeout_s=first_packet_s)
+        if first is None:
+            self._sub.close()
+            raise SmastreamError(
+                f"no packets from {endpoint} within {first_packet_s:g} s "
+                "(is `smastream publish` running there, with matching CURVE keys?)"
+            )
+        self._first = first
+        self.sensor_size = first.header.sensor_size
+        self.name = f"zmq:{endpoint}"
+
+    def lost_packets(self) -> int:
+        stats = self._sub.stats
+        return int(stats.lost + stats.dropped_oldest)
+
+    def packets(self) -> Iterator[SourcePacket]:
+        packet: Any = self._first
+        t_end = 0
+        while True:
+            if packet is None:
+                yield SourcePacket(empty_events(), self.sensor_size, t_end)
+            else:
+                header = packet.header
+                if header.end_of_stream:
+                    return
+                t_end = max(t_end, header.t_last_us + 1)
+                yield SourcePacket(packet.events, self.sensor_size, t_end, header.discontinuity)
+            packet = self._sub.recv(timeout_s=self.idle_s)
+
+    def close(self) -> None:
+        self._sub.close()

@@ -13,66 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number such as 2.0, got {text!r}")
-    return value
-
-
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options choosing and pacing a source (shared by commands that read a source)."""
-    parser.add_argument("file", nargs="?", help="recorded event file (AEDAT 4, 3.1 or 2.0)")
-    parser.add_argument(
-        "--device", help="camera: davis346, dvxplorer, dvs128, auto or a serial number"
-    )
-    parser.add_argument(
-        "--synthetic", type=int, metavar="SEED", help="synthetic gesture generator with this seed"
-    )
-    parser.add_argument(
-        "--sensor",
-        default="dvs128",
-        help="sensor of the synthetic source: name or WxH (default dvs128)",
-    )
-    pace = parser.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--speed",
-        type=positive_float,
-        default=1.0,
-        help="replay speed, 1 = recorded speed (default)",
-    )
-    pace.add_argument("--as-fast-as-possible", action="store_true", help="replay without pacing")
-    parser.add_argument("--loop", action="store_true", help="replay the file forever")
-    parser.add_argument("--start-us", type=int, help="start at this timestamp (seek)")
-    parser.add_argument(
-        "--packet-ms", type=positive_float, default=5.0, help="packet duration in ms (default 5)"
-    )
-
-
-def open_source_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Build the source the options describe (exactly one of FILE, --device, --synthetic)."""
-    from smastream.errors import SmastreamError
-    from smastream.stream.sources import CameraSource, FileSource, SyntheticSource
-
-    chosen = [n for n in ("file", "device", "synthetic") if getattr(args, n) is not None]
-    if len(chosen) != 1:
-        raise SmastreamError("give exactly one source: FILE, --device NAME or --synthetic SEED")
-    speed = None if args.as_fast_as_possible else args.speed
-    packet_us = max(1, int(args.packet_ms * 1000))
-    if args.file is not None:
-        return FileSource(
-            args.file, speed=speed, loop=args.loop, start_us=args.start_us, packet_us=packet_us
-        )
-    if args.device is not None:
-        return CameraSource(args.device)
-    seconds = getattr(args, "seconds", None) or 60.0
-    return SyntheticSource(
-        args.sensor, seconds=seconds, seed=args.synthetic, speed=speed, packet_us=packet_us
-    )
+from smastream.commands.common import add_source_arguments, open_source_from_args, positive_float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

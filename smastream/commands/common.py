@@ -1,0 +1,199 @@
+"""Options shared by several commands (not a command itself)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 2.0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer such as 4, got {text!r}")
+    return value
+
+
+def add_pacing_arguments(parser: argparse.ArgumentParser) -> None:
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--speed", type=positive_float, default=1.0, help="replay speed, 1 = recorded (default)"
+    )
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="replay without pacing")
+    parser.add_argument("--loop", action="store_true", help="replay the file forever")
+    parser.add_argument("--start-us", type=int, help="start at this timestamp (seek)")
+    parser.add_argument(
+        "--packet-ms", type=positive_float, default=5.0, help="packet duration, ms (default 5)"
+    )
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """FILE | --device | --synthetic, plus pacing (``publish``, ``profile``)."""
+    parser.add_argument("file", nargs="?", help="recorded event file (AEDAT 4, 3.1 or 2.0)")
+    parser.add_argument(
+        "--device", help="camera: davis346, dvxplorer, dvs128, auto or a serial number"
+    )
+    parser.add_argument(
+        "--synthetic", type=int, metavar="SEED", help="synthetic gesture generator with this seed"
+    )
+    parser.add_argument(
+        "--sensor", default="dvs128", help="sensor of the synthetic source (default dvs128)"
+    )
+    add_pacing_arguments(parser)
+
+
+def open_source_from_args(args: argparse.Namespace) -> Any:
+    """The source the options describe (exactly one of FILE, --device, --synthetic)."""
+    from smastream.errors import SmastreamError
+    from smastream.stream.sources import CameraSource, FileSource, SyntheticSource
+
+    chosen = [n for n in ("file", "device", "synthetic") if getattr(args, n, None) is not None]
+    if len(chosen) != 1:
+        raise SmastreamError("give exactly one source: FILE, --device NAME or --synthetic SEED")
+    speed = None if args.as_fast_as_possible else args.speed
+    packet_us = max(1, int(args.packet_ms * 1000))
+    if args.file is not None:
+        return FileSource(
+            args.file, speed=speed, loop=args.loop, start_us=args.start_us, packet_us=packet_us
+        )
+    if args.device is not None:
+        return CameraSource(args.device)
+    seconds = getattr(args, "seconds", None) or 60.0
+    return SyntheticSource(
+        args.sensor, seconds=seconds, seed=args.synthetic, speed=speed, packet_us=packet_us
+    )
+
+
+def default_model() -> Path:
+    """The demo model shipped with the package."""
+    import smastream.engine
+
+    return Path(smastream.engine.__file__).parent / "models" / "demo.onnx"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, help="ONNX model, TensorRT engine or checkpoint (default: demo)"
+    )
+    parser.add_argument(
+        "--backend", choices=("onnxruntime", "torch", "tensorrt"), help="runtime (default by file)"
+    )
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for the runtime")
+
+
+def open_runtime_from_args(args: argparse.Namespace) -> Any:
+    from smastream.engine.runtime import open_runtime
+    from smastream.errors import SmastreamError
+
+    model = args.model or default_model()
+    if not Path(model).exists():
+        raise SmastreamError(f"model {model} not found")
+    options: dict[str, Any] = {}
+    if args.threads:
+        options["threads"] = args.threads
+    return open_runtime(model, backend=args.backend, **options)
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``live``, ``replay`` and ``infer`` share."""
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--bin-ms", type=positive_float, help="bin width in ms (default: the model's)"
+    )
+    parser.add_argument(
+        "--steps-per-window", type=positive_int, help="bins per window (must match the model)"
+    )
+    parser.add_argument(
+        "--display",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="show the overlay window (off automatically without a display)",
+    )
+    parser.add_argument("--video", type=Path, help="write the overlay to this .mp4")
+    parser.add_argument("--predictions", type=Path, help="write decisions as JSON lines")
+    parser.add_argument(
+        "--publish-predictions", metavar="ENDPOINT", help="publish decisions (JSON) on ZeroMQ"
+    )
+    parser.add_argument(
+        "--allow-remote", action="store_true", help="allow non-loopback prediction endpoint"
+    )
+    parser.add_argument("--record", type=Path, help="record every event losslessly (AEDAT 4)")
+    parser.add_argument("--seconds", type=positive_float, help="stop after this long")
+    parser.add_argument("--quiet", action="store_true", help="no summary line")
+
+
+def run_pipeline_command(
+    args: argparse.Namespace, source: Any, *, lossless: bool, lost_packets: Any = None
+) -> int:
+    """Open the model and sinks, run the pipeline on ``source``, print a summary.
+
+    Closes everything it opened (and the source) on every path, Ctrl-C included.
+    """
+    import sys
+
+    from smastream.errors import SmastreamError
+    from smastream.stream.formats import open_writer
+    from smastream.stream.overlay import has_display
+    from smastream.stream.pipeline import OverlayDisplay, Pipeline, PipelineConfig, summary_line
+
+    recorder = None
+    display = None
+    runtime = None
+    try:
+        runtime = open_runtime_from_args(args)
+        info = runtime.info
+        if args.steps_per_window and args.steps_per_window != info.steps_per_window:
+            raise SmastreamError(
+                f"the model runs {info.steps_per_window} steps per window, not "
+                f"{args.steps_per_window}: re-export it with --steps-per-window "
+                f"{args.steps_per_window}"
+            )
+        bin_us = int(args.bin_ms * 1000) if args.bin_ms else info.bin_us
+        window = bool(args.display)
+        if window and not has_display():
+            print("no display found: running headless", file=sys.stderr)
+            window = False
+        if args.record:
+            recorder = open_writer(args.record, source.sensor_size)
+        config = PipelineConfig(
+            lossless=lossless,
+            predictions=args.predictions,
+            publish_predictions=args.publish_predictions,
+            allow_remote=args.allow_remote,
+            seconds=args.seconds,
+        )
+        pipeline = Pipeline(
+            source, runtime, config, bin_us=bin_us, recorder=recorder, lost_packets=lost_packets
+        )
+        if window or args.video:
+            display = OverlayDisplay(
+                window=window,
+                video=args.video,
+                input_size=info.input_size,
+                window_s=bin_us * info.steps_per_window / 1e6,
+            )
+        stats = pipeline.run(display)
+        if not args.quiet:
+            print(summary_line(stats), file=sys.stderr)
+    finally:
+        if display is not None:
+            display.close()
+        if recorder is not None:
+            recorder.close()
+        source.close()
+    return 0

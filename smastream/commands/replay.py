@@ -1,0 +1,36 @@
+"""``smastream replay FILE``: the live pipeline on a recorded file.
+
+    smastream replay recordings/demo.aedat4                      # overlay window, real time
+    smastream replay rec.aedat4 --as-fast-as-possible --no-display \\
+        --video out.mp4 --predictions out.jsonl                  # headless, every window
+
+As fast as possible, every window is inferred and drawn (lossless, reproducible); at a
+paced speed the pipeline behaves as live and drops stale windows when it falls behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from smastream.commands.common import add_pacing_arguments, add_pipeline_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="recorded event file (AEDAT 4, 3.1 or 2.0)")
+    add_pacing_arguments(parser)
+    add_pipeline_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smastream.commands.common import run_pipeline_command
+    from smastream.stream.sources import FileSource
+
+    speed = None if args.as_fast_as_possible else args.speed
+    source = FileSource(
+        args.file,
+        speed=speed,
+        loop=args.loop,
+        start_us=args.start_us,
+        packet_us=max(1, int(args.packet_ms * 1000)),
+    )
+    return run_pipeline_command(args, source, lossless=speed is None)

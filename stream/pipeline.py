@@ -1,0 +1,590 @@
+"""The live pipeline: source → binner → stateful engine → decisions → sinks.
+
+Three stages run concurrently, joined by bounded queues:
+
+1. **ingest** (thread): reads source packets (camera, file, synthetic, or a ZeroMQ
+   subscription), writes them to the lossless recording if asked, bins them into windows
+   and closes windows on the packets' completeness times (quiet sensors still produce
+   windows).
+2. **inference** (thread): runs the runtime one window at a time with its state kept,
+   turns logits into decisions, writes predictions (JSON lines, ZeroMQ).
+3. **display** (the calling thread): draws the overlay into a window and/or a video file,
+   handles keys (``q`` quit, ``r`` reset, space pause).
+
+In *live* mode the queues drop the oldest window when full (counted, shown on the overlay):
+a slow consumer works on fresh data and never blocks the camera. In *lossless* mode (a
+replay as fast as possible) every stage waits for the next, so every window is inferred
+and drawn: results are then reproducible. State (engine and decider) is reset on request,
+on a source discontinuity (loop restart, camera reconnect, lost transport packets, a
+skipped gap) and when the decider reports an idle timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, Generic, TypeVar
+
+import numpy as np
+
+from smastream.engine.runtime import Runtime
+from smastream.errors import SmastreamError
+from smastream.stream.binning import Binner, Window
+from smastream.stream.decision import NO_GESTURE, Decider, Decision, DecisionConfig, stamp_decided
+from smastream.stream.formats.base import EventWriter
+from smastream.stream.sources import EventSource, SourcePacket
+
+T = TypeVar("T")
+
+
+def model_geometry(
+    sensor_size: tuple[int, int], input_size: tuple[int, int]
+) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
+    """Map any sensor onto the model input: a centred crop to the input's aspect ratio,
+    then an area resize. Returns ``(crop, output_size)`` for the binner."""
+    sw, sh = sensor_size
+    iw, ih = input_size
+    if sw * ih == sh * iw:
+        return None, (iw, ih)
+    if sw * ih > sh * iw:  # sensor wider than the input: crop the sides
+        cw = sh * iw // ih
+        return ((sw - cw) // 2, 0, cw, sh), (iw, ih)
+    ch = sw * ih // iw
+    return (0, (sh - ch) // 2, sw, ch), (iw, ih)
+
+
+class WindowQueue(Generic[T]):
+    """A bounded queue between two stages.
+
+    ``drop_oldest=True`` (live): a put into a full queue discards the oldest item and
+    counts it in ``dropped``; the producer never waits. ``drop_oldest=False`` (lossless):
+    a put waits for room. ``close()`` wakes the consumer, whose ``get`` then returns None.
+    """
+
+    def __init__(self, maxsize: int, drop_oldest: bool) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+        self._items: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: T, stop: threading.Event | None = None) -> bool:
+        """Add an item; returns False if the queue was closed (or ``stop`` set) first."""
+        with self._cond:
+            while not self.drop_oldest and len(self._items) >= self.maxsize:
+                if self._closed or (stop is not None and stop.is_set()):
+                    return False
+                self._cond.wait(0.05)
+            if self._closed:
+                return False
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout_s: float | None = None) -> T | None:
+        """Next item; None when closed and empty (or on timeout)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self._items:
+                if self._closed:
+                    return None
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left if left is not None else 0.1)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A marker between windows: reset engine and decider state here."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    """A window and when (wall clock, ``time.perf_counter``) the ingest stage closed it."""
+
+    window: Window
+    closed_wall: float
+    bin_ms: float
+
+
+@dataclass(frozen=True)
+class Result:
+    """One inferred window on its way to the display."""
+
+    window: Window
+    decisions: list[Decision]
+    infer_ms: float
+    decide_ms: float
+
+
+@dataclass
+class PipelineStats:
+    """Counters and latency samples of a run (milliseconds)."""
+
+    packets: int = 0
+    events: int = 0
+    windows: int = 0
+    inferred: int = 0
+    dropped_windows: int = 0
+    dropped_results: int = 0
+    incomplete_last_window: bool = False
+    resets: dict[str, int] = field(default_factory=dict)
+    lost_packets: int = 0
+    recorded: int = 0
+    read_ms: list[float] = field(default_factory=list)
+    bin_ms: list[float] = field(default_factory=list)
+    infer_ms: list[float] = field(default_factory=list)
+    decide_ms: list[float] = field(default_factory=list)
+    render_ms: list[float] = field(default_factory=list)
+    end_to_end_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    sensor_s: float = 0.0
+
+    def count_reset(self, reason: str) -> None:
+        self.resets[reason] = self.resets.get(reason, 0) + 1
+
+
+@dataclass
+class PipelineConfig:
+    """How to run the pipeline.
+
+    Attributes:
+        lossless: Wait instead of dropping (replays as fast as possible); else live.
+        queue_windows: Capacity of each queue, in windows.
+        decision: Decision-layer settings.
+        record: Lossless recording of every source event (AEDAT 4), producer side.
+        predictions: JSON-lines file of every decision.
+        publish_predictions: ZeroMQ endpoint to publish decisions on (JSON, PUB).
+        allow_remote: Allow a non-loopback ``publish_predictions`` endpoint.
+        seconds: Stop after this much wall time.
+    """
+
+    lossless: bool = False
+    queue_windows: int = 4
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    record: Path | None = None
+    predictions: Path | None = None
+    publish_predictions: str | None = None
+    allow_remote: bool = False
+    seconds: float | None = None
+
+
+def decision_record(d: Decision, window_index: int) -> dict[str, Any]:
+    """One JSON-lines record of a decision."""
+    return {
+        "t_us": d.t_bin_end_us,
+        "window": window_index,
+        "label": d.label,
+        "name": d.name,
+        "confidence": round(float(d.confidence), 5),
+        "raw_label": d.raw_label,
+        "quiet": d.quiet,
+        "latency_ms": None if d.latency_ms is None else round(d.latency_ms, 3),
+    }
+
+
+class PredictionPublisher:
+    """Publishes decisions as JSON on a ZeroMQ PUB socket (topic ``pred``), never pickled."""
+
+    def __init__(self, endpoint: str, allow_remote: bool = False) -> None:
+        import zmq
+
+        from smastream.stream.transport import check_bind_endpoint
+
+        check_bind_endpoint(endpoint, allow_remote=allow_remote)
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        self._sock.setsockopt(zmq.SNDHWM, 1000)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise SmastreamError(f"cannot bind {endpoint}: {exc}") from None
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, record: dict[str, Any]) -> None:
+        import zmq
+
+        try:
+            self._sock.send_multipart([b"pred", json.dumps(record).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB never blocks; a missing subscriber is not an error
+
+    def close(self) -> None:
+        self._sock.close()
+        self._ctx.term()
+
+
+Display = Callable[[Result, "Pipeline"], bool]
+"""Called for each result in the display stage; returns False to stop the pipeline."""
+
+
+class Pipeline:
+    """Runs a source through a runtime; see the module docstring.
+
+    Args:
+        source: Where events come from.
+        runtime: The stateful engine (its ``info`` gives input size, bin and window).
+        config: Run settings.
+        bin_us: Override the model's bin width (the model was trained at ``info.bin_us``).
+        recorder: Open writer for the lossless recording (the caller closes it).
+        lost_packets: Callable returning the transport's lost-packet count (``infer``).
+    """
+
+    def __init__(
+        self,
+        source: EventSource,
+        runtime: Runtime,
+        config: PipelineConfig | None = None,
+        *,
+        bin_us: int | None = None,
+        recorder: EventWriter | None = None,
+        lost_packets: Callable[[], int] | None = None,
+    ) -> None:
+        self.source = source
+        self.runtime = runtime
+        self.config = config or PipelineConfig()
+        info = runtime.info
+        self.bin_us = int(bin_us or info.bin_us)
+        self.steps = info.steps_per_window
+        crop, out = model_geometry(source.sensor_size, info.input_size)
+        self.binner = Binner(
+            None, self.bin_us, self.steps, source.sensor_size, crop=crop, output_size=out
+        )
+        names = list(info.class_names)
+        self.no_gesture_class = names.index(NO_GESTURE) if NO_GESTURE in names else None
+        self.decider = Decider(self.config.decision, len(names), names)
+        self.recorder = recorder
+        self._lost_packets = lost_packets
+        self.stats = PipelineStats()
+        self.stop = threading.Event()
+        self.paused = threading.Event()
+        self.reset_requested = threading.Event()
+        drop = not self.config.lossless
+        self.windows: WindowQueue[ClosedWindow | Reset] = WindowQueue(
+            self.config.queue_windows, drop
+        )
+        self.results: WindowQueue[Result] = WindowQueue(self.config.queue_windows, drop)
+        self.error: BaseException | None = None
+        self.last_result: Result | None = None
+        self._fps_times: collections.deque[float] = collections.deque(maxlen=30)
+
+    # -- stage 1: ingest ----------------------------------------------------------------
+    def _ingest(self) -> None:
+        stats = self.stats
+        try:
+            packets: Iterator[SourcePacket] = iter(self.source.packets())
+            while not self.stop.is_set():
+                while self.paused.is_set() and not self.stop.is_set():
+                    time.sleep(0.02)
+                t_read = time.perf_counter()
+                packet = next(packets, None)
+                if packet is None:
+                    break
+                t_got = time.perf_counter()
+                stats.read_ms.append((t_got - t_read) * 1e3)
+                ev = packet.events
+                stats.packets += 1
+                stats.events += len(ev)
+                if self.recorder is not None and len(ev):
+                    self.recorder.write(ev)
+                    stats.recorded += len(ev)
+                if packet.discontinuity:
+                    self._put_window(Reset("discontinuity"))
+                t0 = time.perf_counter()
+                windows = self.binner.push(ev) if len(ev) else []
+                windows += self.binner.flush(packet.t_end_us)
+                t1 = time.perf_counter()
+                for w in windows:
+                    if w.skipped_before:
+                        self._put_window(Reset("gap"))
+                    self._put_window(ClosedWindow(w, t1, (t1 - t0) * 1e3 / len(windows)))
+                    stats.windows += 1
+            stats.incomplete_last_window = self.binner.pending_events > 0
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+            self.stop.set()
+        finally:
+            self.windows.close()
+
+    def _put_window(self, item: ClosedWindow | Reset) -> None:
+        self.windows.put(item, self.stop)
+
+    # -- stage 2: inference -------------------------------------------------------------
+    def _reset_state(self, reason: str) -> None:
+        self.runtime.reset()
+        self.decider.reset()
+        self.stats.count_reset(reason)
+
+    def _infer(self) -> None:
+        stats = self.stats
+        lost_seen = 0
+        publisher: PredictionPublisher | None = None
+        out: IO[str] | None = None
+        index = 0
+        try:
+            if self.config.publish_predictions:
+                publisher = PredictionPublisher(
+                    self.config.publish_predictions, self.config.allow_remote
+                )
+            if self.config.predictions is not None:
+                out = open(self.config.predictions, "w")
+            while True:
+                item = self.windows.get()
+                if item is None:
+                    break
+                if isinstance(item, Reset):
+                    self._reset_state(item.reason)
+                    continue
+                if self.reset_requested.is_set():
+                    self.reset_requested.clear()
+                    self._reset_state("request")
+                if self._lost_packets is not None:
+                    lost = self._lost_packets()
+                    if lost > lost_seen:
+                        stats.lost_packets = lost
+                        lost_seen = lost
+                        self._reset_state("lost packets")
+                w = item.window
+                t0 = time.perf_counter()
+                logits = self.runtime.step(w.frames)
+                t1 = time.perf_counter()
+                per_bin = w.frames.reshape(w.n_bins, -1).sum(axis=1)
+                decisions = self.decider.update(
+                    logits, per_bin, w.t_start_us, w.bin_us, item.closed_wall
+                )
+                if self.no_gesture_class is not None:
+                    decisions = [
+                        replace(d, label=None) if d.label == self.no_gesture_class else d
+                        for d in decisions
+                    ]
+                t2 = time.perf_counter()
+                decisions = stamp_decided(decisions, t2)
+                stats.bin_ms.append(item.bin_ms)
+                stats.infer_ms.append((t1 - t0) * 1e3)
+                stats.decide_ms.append((t2 - t1) * 1e3)
+                stats.end_to_end_ms.append((t2 - item.closed_wall) * 1e3)
+                stats.inferred += 1
+                if any(d.reset_state for d in decisions):
+                    self.runtime.reset()
+                    stats.count_reset("idle")
+                for d in decisions:
+                    rec = decision_record(d, index)
+                    if out is not None:
+                        out.write(json.dumps(rec) + "\n")
+                    if publisher is not None:
+                        publisher.send(rec)
+                index += 1
+                self.results.put(Result(w, decisions, (t1 - t0) * 1e3, (t2 - t1) * 1e3), self.stop)
+        except BaseException as exc:
+            self.error = exc
+            self.stop.set()
+        finally:
+            if out is not None:
+                out.close()
+            if publisher is not None:
+                publisher.close()
+            self.results.close()
+
+    # -- stage 3: display (caller's thread) ---------------------------------------------
+    def overlay_stats(self) -> Any:
+        """The numbers the overlay shows, from the latest samples."""
+        from smastream.stream.overlay import OverlayStats
+
+        s = self.stats
+
+        def last(xs: list[float]) -> float:
+            return float(np.mean(xs[-10:])) if xs else 0.0
+
+        times = self._fps_times
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        stage_ms = {
+            "read": last(s.read_ms),
+            "bin": last(s.bin_ms),
+            "infer": last(s.infer_ms),
+            "decide": last(s.decide_ms),
+            "render": last(s.render_ms),
+        }
+        return OverlayStats(
+            fps=fps,
+            stage_ms=stage_ms,
+            dropped_windows=self.windows.dropped + self.results.dropped,
+            lost_packets=s.lost_packets,
+            paused=self.paused.is_set(),
+            source=self.source.name,
+        )
+
+    def run(self, display: Display | None = None) -> PipelineStats:
+        """Run to the end of the source (or ``seconds``, or a display's stop); returns stats.
+
+        Raises what a stage raised (after stopping the others), e.g. a
+        :class:`~smastream.errors.FormatError` from a damaged file.
+        """
+        start = time.perf_counter()
+        threads = [
+            threading.Thread(target=self._ingest, name="ingest", daemon=True),
+            threading.Thread(target=self._infer, name="infer", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                result = self.results.get(timeout_s=0.05)
+                if result is None:
+                    if not threads[1].is_alive() and self.results.get(timeout_s=0) is None:
+                        break
+                    if display is not None and not display_idle(display, self):
+                        break
+                else:
+                    self.last_result = result
+                    self._fps_times.append(time.perf_counter())
+                    if display is not None and not display(result, self):
+                        break
+                seconds = self.config.seconds
+                if seconds is not None and time.perf_counter() - start >= seconds:
+                    break
+        finally:
+            self.stop.set()
+            self.windows.close()
+            self.results.close()
+            for t in threads:
+                t.join(timeout=10)
+            s = self.stats
+            s.wall_s = time.perf_counter() - start
+            s.dropped_windows = self.windows.dropped
+            s.dropped_results = self.results.dropped
+            if self.last_result is not None and s.windows:
+                s.sensor_s = s.inferred * self.steps * self.bin_us / 1e6
+        if self.error is not None:
+            raise self.error
+        return self.stats
+
+
+def display_idle(display: Display, pipeline: Pipeline) -> bool:
+    """Let an interactive display handle keys while no new result arrives."""
+    handler = getattr(display, "idle", None)
+    return bool(handler(pipeline)) if handler is not None else True
+
+
+def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    """``{"p50": ..., "p95": ..., "p99": ...}`` of a list (NaN when empty)."""
+    if not values:
+        return {f"p{q}": float("nan") for q in qs}
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+
+
+def summary_line(stats: PipelineStats) -> str:
+    """One line for the end of a run."""
+    e2e = percentiles(stats.end_to_end_ms)
+    speed = stats.sensor_s / stats.wall_s if stats.wall_s > 0 else 0.0
+    return (
+        f"{stats.inferred} windows ({stats.sensor_s:.1f} s of sensor time in "
+        f"{stats.wall_s:.1f} s, {speed:.1f}x real time), {stats.events} events; "
+        f"dropped windows {stats.dropped_windows + stats.dropped_results}, "
+        f"lost packets {stats.lost_packets}; window->decision p50 {e2e['p50']:.1f} ms, "
+        f"p99 {e2e['p99']:.1f} ms"
+    )
+
+
+class OverlayDisplay:
+    """The display stage: overlay frames into a window and/or a video, keys handled.
+
+    Keys (window only): ``q`` quit, ``r`` reset state, space pause/resume the source.
+    The caller must have checked :func:`~smastream.stream.overlay.has_display` before
+    asking for a window: opencv's ``imshow`` without an X server aborts the process.
+    """
+
+    title = "smastream"
+
+    def __init__(
+        self,
+        *,
+        window: bool,
+        video: Path | None,
+        input_size: tuple[int, int],
+        window_s: float,
+        scale: int | None = None,
+    ) -> None:
+        from smastream.stream.overlay import VideoSink, auto_scale, overlay_size
+
+        w, h = input_size
+        self.scale = scale or auto_scale(h, w)
+        self.window = window
+        self.frames = 0
+        self.sink = None
+        if video is not None:
+            size = overlay_size(h, w, self.scale)
+            self.sink = VideoSink(video, size, fps=max(1.0, 1.0 / window_s))
+
+    def __call__(self, result: Result, pipeline: Pipeline) -> bool:
+        from smastream.stream.overlay import render_overlay
+
+        t0 = time.perf_counter()
+        decision = result.decisions[-1] if result.decisions else None
+        image = render_overlay(result.window.frames, decision, pipeline.overlay_stats(), self.scale)
+        pipeline.stats.render_ms.append((time.perf_counter() - t0) * 1e3)
+        if self.sink is not None:
+            self.sink.write(image)
+        self.frames += 1
+        if self.window:
+            import cv2
+
+            cv2.imshow(self.title, image)
+            return self._key(cv2.waitKey(1), pipeline)
+        return True
+
+    def idle(self, pipeline: Pipeline) -> bool:
+        if not self.window:
+            return True
+        import cv2
+
+        return self._key(cv2.waitKey(10), pipeline)
+
+    @staticmethod
+    def _key(key: int, pipeline: Pipeline) -> bool:
+        key &= 0xFF
+        if key == ord("q"):
+            return False
+        if key == ord("r"):
+            pipeline.reset_requested.set()
+        elif key == ord(" "):
+            if pipeline.paused.is_set():
+                pipeline.paused.clear()
+                pacer = getattr(pipeline.source, "pacer", None)
+                if pacer is not None:
+                    pacer.reanchor()
+            else:
+                pipeline.paused.set()
+        return True
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        if self.window:
+            import cv2
+
+            cv2.destroyAllWindows()
