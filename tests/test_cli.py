@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smastream import __version__
+from smastream.cli import COMMANDS, main
+from smastream.errors import FormatError
+from smastream.stream.formats import open_events, open_writer
+from smastream.stream.formats.labels import read_labels
+from tests.conftest import random_events
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+def test_synth_then_info_reports_sensor_rate_and_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rec.aedat4"
+    assert main(["synth", str(out), "--seconds", "12", "--sensor", "davis346", "--seed", "5"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sensor_size"] == [346, 260]
+    assert info["format"] == "aedat4"
+    assert 1e4 <= info["mean_rate_eps"] <= 5e6
+    labels = read_labels(tmp_path / "rec_labels.csv")
+    assert info["labels"]["count"] == len(labels) >= 2
+    assert info["problems"] == []
+
+
+@pytest.fixture
+def aedat3_file(tmp_path: Path, rng: np.random.Generator) -> tuple[Path, int]:
+    ev = random_events(rng, 30_000, size=(128, 128), t0=(1 << 31) - 50_000)
+    path = tmp_path / "trial.aedat"
+    with open_writer(path, (128, 128), format="aedat3.1") as w:
+        for part in np.array_split(ev, 10):
+            w.write(part)
+    return path, len(ev)
+
+
+def test_truncated_files_give_one_line_error_after_the_good_events(
+    aedat3_file: tuple[Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, n = aedat3_file
+    data = path.read_bytes()
+    for cut in (20, 150, len(data) // 3, len(data) // 2 + 5, len(data) - 3):
+        bad = tmp_path / f"cut{cut}.aedat"
+        bad.write_bytes(data[:cut])
+        delivered = 0
+        with pytest.raises(FormatError) as err, open_events(bad) as reader:
+            for chunk in reader:
+                delivered += len(chunk)
+        assert "at byte" in str(err.value) and str(bad) in str(err.value)
+        assert delivered < n
+        assert main(["info", str(bad)]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0] and "at byte" in lines[0]
+
+
+def test_a_real_process_exits_non_zero_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.aedat4"
+    bad.write_bytes(b"#!AER-DAT4.0\r\n" + bytes(range(256)) * 4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "smastream", "info", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
