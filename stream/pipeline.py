@@ -288,9 +288,21 @@ class Pipeline:
             self.config.queue_windows, drop
         )
         self.results: WindowQueue[Result] = WindowQueue(self.config.queue_windows, drop)
+        self._warm_up()
         self.error: BaseException | None = None
         self.last_result: Result | None = None
         self._fps_times: collections.deque[float] = collections.deque(maxlen=30)
+
+    def _warm_up(self) -> None:
+        """Run one empty window through the binner's kernels and the runtime (compiles,
+        allocates, first-call costs) before the source starts, then reset."""
+        from smastream.stream.binning import bin_events
+        from smastream.stream.events import empty_events
+
+        probe = empty_events(1)
+        bin_events(probe, 0, self.bin_us, 1, self.source.sensor_size)
+        self.runtime.step(np.zeros(self.runtime.info.window_shape, dtype=np.float32))
+        self.runtime.reset()
 
     # -- stage 1: ingest ----------------------------------------------------------------
     def _ingest(self) -> None:

@@ -367,7 +367,9 @@ class SubscriberSource:
 
     Waits (up to ``first_packet_s``) for the first packet to learn the sensor size. A
     packet flagged DISCONTINUITY is passed on as one; lost packets are counted by the
-    subscriber (:meth:`lost_packets`) and the pipeline resets its state on them. While
+    subscriber (:meth:`lost_packets`) and the pipeline resets its state on them. The
+    receive buffer holds ``buffer_packets`` (about 5 s of 5 ms packets) before it drops
+    the oldest. While
     nothing arrives, empty packets are yielded every ``idle_s`` so the consumer can stop.
     The stream ends at an END_OF_STREAM packet.
     """
@@ -380,6 +382,7 @@ class SubscriberSource:
         curve_client_secret: str | Path | None = None,
         first_packet_s: float = 30.0,
         idle_s: float = 0.2,
+        buffer_packets: int = 1024,
     ) -> None:
         from smastream.stream.transport import Subscriber
 
@@ -389,6 +392,7 @@ class SubscriberSource:
             endpoint,
             curve_server_public=curve_server_public,
             curve_client_secret=curve_client_secret,
+            buffer_packets=buffer_packets,
         )
         first = self._sub.recv(timeout_s=first_packet_s)
         if first is None:

@@ -133,16 +133,20 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-remote", action="store_true", help="allow non-loopback prediction endpoint"
     )
     parser.add_argument("--record", type=Path, help="record every event losslessly (AEDAT 4)")
+    parser.add_argument(
+        "--lossless",
+        action="store_true",
+        help="never drop windows: a slow engine lags instead (comparisons, offline runs)",
+    )
     parser.add_argument("--seconds", type=positive_float, help="stop after this long")
     parser.add_argument("--quiet", action="store_true", help="no summary line")
 
 
-def run_pipeline_command(
-    args: argparse.Namespace, source: Any, *, lossless: bool, lost_packets: Any = None
-) -> int:
-    """Open the model and sinks, run the pipeline on ``source``, print a summary.
+def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless: bool) -> int:
+    """Open the model, then the source (``make_source()``: a camera or subscription starts
+    delivering at once, so it opens last) and sinks; run the pipeline; print a summary.
 
-    Closes everything it opened (and the source) on every path, Ctrl-C included.
+    Closes everything it opened on every path, Ctrl-C included.
     """
     import sys
 
@@ -153,10 +157,10 @@ def run_pipeline_command(
 
     recorder = None
     display = None
-    runtime = None
+    source = None
+    runtime = open_runtime_from_args(args)
+    info = runtime.info
     try:
-        runtime = open_runtime_from_args(args)
-        info = runtime.info
         if args.steps_per_window and args.steps_per_window != info.steps_per_window:
             raise SmastreamError(
                 f"the model runs {info.steps_per_window} steps per window, not "
@@ -168,17 +172,23 @@ def run_pipeline_command(
         if window and not has_display():
             print("no display found: running headless", file=sys.stderr)
             window = False
+        source = make_source()
         if args.record:
             recorder = open_writer(args.record, source.sensor_size)
         config = PipelineConfig(
-            lossless=lossless,
+            lossless=lossless or args.lossless,
             predictions=args.predictions,
             publish_predictions=args.publish_predictions,
             allow_remote=args.allow_remote,
             seconds=args.seconds,
         )
         pipeline = Pipeline(
-            source, runtime, config, bin_us=bin_us, recorder=recorder, lost_packets=lost_packets
+            source,
+            runtime,
+            config,
+            bin_us=bin_us,
+            recorder=recorder,
+            lost_packets=getattr(source, "lost_packets", None),
         )
         if window or args.video:
             display = OverlayDisplay(
@@ -195,5 +205,6 @@ def run_pipeline_command(
             display.close()
         if recorder is not None:
             recorder.close()
-        source.close()
+        if source is not None:
+            source.close()
     return 0

@@ -14,11 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait", type=positive_float, default=30.0, help="seconds to wait for the first packet"
     )
-    parser.add_argument(
-        "--lossless",
-        action="store_true",
-        help="never drop windows (for offline comparisons; a slow engine then lags)",
-    )
     add_pipeline_arguments(parser)
 
 
@@ -26,12 +21,12 @@ def run(args: argparse.Namespace) -> int:
     from smastream.commands.common import run_pipeline_command
     from smastream.stream.sources import SubscriberSource
 
-    source = SubscriberSource(
-        args.connect,
-        curve_server_public=args.curve_server_key,
-        curve_client_secret=args.curve_client_secret,
-        first_packet_s=args.wait,
-    )
-    return run_pipeline_command(
-        args, source, lossless=args.lossless, lost_packets=source.lost_packets
-    )
+    def source() -> SubscriberSource:
+        return SubscriberSource(
+            args.connect,
+            curve_server_public=args.curve_server_key,
+            curve_client_secret=args.curve_client_secret,
+            first_packet_s=args.wait,
+        )
+
+    return run_pipeline_command(args, source, lossless=args.lossless)

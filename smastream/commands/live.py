@@ -22,4 +22,4 @@ def run(args: argparse.Namespace) -> int:
     from smastream.commands.common import run_pipeline_command
     from smastream.stream.sources import CameraSource
 
-    return run_pipeline_command(args, CameraSource(args.device), lossless=False)
+    return run_pipeline_command(args, lambda: CameraSource(args.device), lossless=False)

@@ -26,11 +26,14 @@ def run(args: argparse.Namespace) -> int:
     from smastream.stream.sources import FileSource
 
     speed = None if args.as_fast_as_possible else args.speed
-    source = FileSource(
-        args.file,
-        speed=speed,
-        loop=args.loop,
-        start_us=args.start_us,
-        packet_us=max(1, int(args.packet_ms * 1000)),
-    )
+
+    def source() -> FileSource:
+        return FileSource(
+            args.file,
+            speed=speed,
+            loop=args.loop,
+            start_us=args.start_us,
+            packet_us=max(1, int(args.packet_ms * 1000)),
+        )
+
     return run_pipeline_command(args, source, lossless=speed is None)

@@ -1,0 +1,255 @@
+"""End-to-end tests of the live pipeline: real files, real ONNX Runtime, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from smastream.cli import main
+from smastream.stream.formats import open_events
+from smastream.stream.pipeline import WindowQueue, model_geometry
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "recordings" / "demo.aedat4"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained edge model, exported as the live path runs it (4 steps of 50 ms)."""
+    torch = pytest.importorskip("torch")
+    from smastream.engine.export import export_onnx
+    from smastream.engine.model import SMASNN, edge_config
+
+    torch.manual_seed(0)
+    net = SMASNN(edge_config()).eval()
+    path = tmp_path_factory.mktemp("model") / "edge.onnx"
+    export_onnx(net, path, steps_per_window=4, bin_us=50_000, training_data="untrained")
+    return path
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)
+    return env
+
+
+def test_model_geometry_crops_to_the_input_aspect() -> None:
+    assert model_geometry((128, 128), (64, 64)) == (None, (64, 64))
+    assert model_geometry((346, 260), (64, 64)) == ((43, 0, 260, 260), (64, 64))
+    assert model_geometry((240, 320), (64, 64)) == ((0, 40, 240, 240), (64, 64))
+
+
+def test_window_queue_drops_the_oldest_when_live() -> None:
+    q: WindowQueue[int] = WindowQueue(2, drop_oldest=True)
+    for i in range(5):
+        assert q.put(i)
+    assert q.dropped == 3
+    assert [q.get(0), q.get(0)] == [3, 4]
+    q.close()
+    assert q.get(0) is None
+
+
+def test_replay_headless_writes_video_and_predictions_faster_than_real_time(
+    tmp_path: Path,
+    model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    video, preds = tmp_path / "out.mp4", tmp_path / "pred.jsonl"
+    start = time.perf_counter()
+    code = main(
+        [
+            "replay",
+            str(DEMO),
+            "--as-fast-as-possible",
+            "--model",
+            str(model),
+            "--video",
+            str(video),
+            "--predictions",
+            str(preds),
+        ]
+    )
+    wall = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "no display found: running headless" in err
+    records = _lines(preds)
+    windows = {r["window"] for r in records}
+    assert len(records) == 4 * len(windows)
+    with open_events(DEMO) as r:
+        t = np.concatenate([c["t"] for c in r])
+    span_s = (t[-1] - t[0]) / 1e6
+    t0 = t[0] // 50_000 * 50_000  # first bin edge
+    t_end = (t[-1] // 5_000 + 1) * 5_000  # end of the source's last 5 ms packet
+    assert len(windows) == (t_end - t0) // 200_000  # every complete 200 ms window
+    assert wall < span_s  # faster than real time, model opening included
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(windows)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape[0] > 256 and frame.shape[1] > 256
+    steps = [r["t_us"] for r in records]
+    assert steps == sorted(steps) and np.all(np.diff(steps) == 50_000)
+
+
+@pytest.mark.parametrize(
+    "name", ["aestream/davis.aedat4", "tonic/sample.aedat4"], ids=["davis346", "dvxplorer"]
+)
+def test_replay_real_recordings_of_any_sensor_size(
+    real_data: Path, model: Path, tmp_path: Path, name: str
+) -> None:
+    preds = tmp_path / "p.jsonl"
+    code = main(
+        [
+            "replay",
+            str(real_data / name),
+            "--as-fast-as-possible",
+            "--no-display",
+            "--model",
+            str(model),
+            "--predictions",
+            str(preds),
+            "--bin-ms",
+            "10",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert len(_lines(preds)) >= 4
+
+
+def test_publish_and_infer_in_two_processes_match_a_single_process_replay(
+    tmp_path: Path, model: Path
+) -> None:
+    rec = tmp_path / "short.aedat4"
+    assert main(["synth", str(rec), "--seconds", "6", "--sensor", "dvs128", "--seed", "21"]) == 0
+    endpoint = f"ipc://{tmp_path / 'cam.ipc'}"
+    infer_out, replay_out = tmp_path / "infer.jsonl", tmp_path / "replay.jsonl"
+    cmd = [sys.executable, "-m", "smastream"]
+    infer = subprocess.Popen(  # --lossless: a comparison must not drop windows
+        [
+            *cmd,
+            "infer",
+            "--connect",
+            endpoint,
+            "--model",
+            str(model),
+            "--no-display",
+            "--predictions",
+            str(infer_out),
+            "--quiet",
+            "--lossless",
+            "--wait",
+            "60",
+        ],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    publish = subprocess.run(
+        [
+            *cmd,
+            "publish",
+            str(rec),
+            "--bind",
+            endpoint,
+            "--speed",
+            "3",
+            "--wait-subscribers",
+            "1",
+            "--quiet",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert publish.returncode == 0, publish.stderr
+    _, infer_err = infer.communicate(timeout=120)
+    assert infer.returncode == 0, infer_err
+    assert (
+        main(
+            [
+                "replay",
+                str(rec),
+                "--speed",
+                "3",
+                "--no-display",
+                "--model",
+                str(model),
+                "--predictions",
+                str(replay_out),
+                "--quiet",
+                "--lossless",
+            ]
+        )
+        == 0
+    )
+    a, b = _lines(infer_out), _lines(replay_out)
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        assert (x["t_us"], x["label"], x["raw_label"]) == (y["t_us"], y["label"], y["raw_label"])
+        assert x["confidence"] == pytest.approx(y["confidence"], abs=1e-4)
+
+
+def test_live_without_camera_is_a_one_line_error(
+    model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smastream.stream.sources import list_cameras
+
+    if list_cameras():
+        pytest.skip("a camera is attached")
+    assert main(["live", "--device", "davis346", "--model", str(model), "--no-display"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cameras found: none" in err[0] and "replay" in err[0]
+
+
+def test_ctrl_c_closes_the_recording_and_exits_zero(tmp_path: Path, model: Path) -> None:
+    record = tmp_path / "rec.aedat4"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smastream",
+            "replay",
+            str(DEMO),
+            "--no-display",
+            "--model",
+            str(model),
+            "--record",
+            str(record),
+            "--speed",
+            "1",
+        ],
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (not record.exists() or record.stat().st_size < 50_000) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    with open_events(record) as r:
+        got = np.concatenate(list(r))
+    with open_events(DEMO) as r:
+        ref = np.concatenate(list(r))
+    assert 0 < len(got) < len(ref)
+    np.testing.assert_array_equal(got, ref[: len(got)])
