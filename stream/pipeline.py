@@ -565,6 +565,8 @@ class OverlayDisplay:
         if self.window:
             import cv2
 
+            if self.frames == 1:  # no Qt toolbar/status bar: the window shows just the overlay
+                cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
             cv2.imshow(self.title, image)
             return self._key(cv2.waitKey(1), pipeline)
         return True

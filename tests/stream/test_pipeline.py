@@ -253,3 +253,79 @@ def test_ctrl_c_closes_the_recording_and_exits_zero(tmp_path: Path, model: Path)
         ref = np.concatenate(list(r))
     assert 0 < len(got) < len(ref)
     np.testing.assert_array_equal(got, ref[: len(got)])
+
+
+def _read_xwd(path: Path) -> np.ndarray:
+    """An XWD screenshot (ZPixmap, 24/32 bits per pixel) as a BGR array."""
+    data = path.read_bytes()
+    h = np.frombuffer(data[:100], dtype=">u4")
+    header_size, width, height = int(h[0]), int(h[4]), int(h[5])
+    bpp, bytes_per_line, ncolors = int(h[11]), int(h[12]), int(h[19])
+    assert bpp == 32, f"unexpected {bpp} bits per pixel"
+    start = header_size + 12 * ncolors
+    rows = np.frombuffer(data[start : start + bytes_per_line * height], dtype=np.uint8)
+    return rows.reshape(height, bytes_per_line)[:, : width * 4].reshape(height, width, 4)[..., :3]
+
+
+def test_overlay_window_on_a_real_x_server(tmp_path: Path, model: Path) -> None:
+    import shutil
+
+    from smastream.stream.overlay import auto_scale, has_display, overlay_size
+
+    if not (shutil.which("Xvfb") and shutil.which("xwd")):
+        pytest.skip("needs Xvfb and xwd (Debian xvfb, x11-apps; .ci/run installs them)")
+    read_fd, write_fd = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as f:
+            display = f":{f.readline().strip()}"
+        env = {**_env(), "DISPLAY": display}
+        assert has_display(env)
+        app = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "smastream",
+                "replay",
+                str(DEMO),
+                "--model",
+                str(model),
+                "--speed",
+                "2",
+                "--seconds",
+                "20",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        shot = tmp_path / "window.xwd"
+        deadline = time.monotonic() + 60
+        image = None
+        while time.monotonic() < deadline and app.poll() is None:
+            grab = subprocess.run(
+                ["xwd", "-name", "smastream", "-display", display, "-out", str(shot)],
+                capture_output=True,
+                timeout=30,
+            )
+            if grab.returncode == 0:
+                image = _read_xwd(shot)
+                if image.mean() > 10:  # drawn, not just mapped
+                    break
+            time.sleep(0.5)
+        app.send_signal(signal.SIGINT)
+        _, err = app.communicate(timeout=60)
+        assert app.returncode == 0, err
+        assert "running headless" not in err
+        assert image is not None, "the overlay window never appeared"
+        assert image.shape[:2] == overlay_size(64, 64, auto_scale(64, 64))
+        cv2.imwrite(str(tmp_path / "window.png"), image)
+        assert image.mean() > 10
+    finally:
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
