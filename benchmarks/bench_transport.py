@@ -65,7 +65,7 @@ def _send_bare(endpoint_q: Any, bind: str, n_packets: int, per_packet: int) -> N
     endpoint_q.put(sock.getsockopt_string(zmq.LAST_ENDPOINT))
     sock.recv()  # the subscription: the subscriber is listening
     for i in range(n_packets):
-        sock.send_multipart([headers[i % 8], packets[i % 8]], copy=False)
+        sock.send_multipart([headers[i % 8], packets[i % 8].data], copy=False)
     sock.send(b"end")
     sock.close(linger=10_000)
     ctx.term()
@@ -139,16 +139,16 @@ def _latency(kind: str, bind: str, n: int, per_packet: int) -> np.ndarray:
     out = np.empty(n)
     if kind == "bare":
         ctx = zmq.Context()
-        pub = ctx.socket(zmq.XPUB)
-        pub.bind(bind)
+        xpub = ctx.socket(zmq.XPUB)
+        xpub.bind(bind)
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(pub.getsockopt_string(zmq.LAST_ENDPOINT))
-        pub.recv()
+        sub.connect(xpub.getsockopt_string(zmq.LAST_ENDPOINT))
+        xpub.recv()
         for i in range(n):
             p = packets[i % 8]
             t0 = time.perf_counter_ns()
-            pub.send_multipart(
+            xpub.send_multipart(
                 encode_packet(events_header(p, stream_id=0, seq=i, sensor_size=SENSOR), p),
                 copy=False,
             )
@@ -156,7 +156,7 @@ def _latency(kind: str, bind: str, n: int, per_packet: int) -> np.ndarray:
             np.frombuffer(frames[1].buffer, dtype=EVENT_DTYPE)
             out[i] = time.perf_counter_ns() - t0
         sub.close(linger=0)
-        pub.close(linger=0)
+        xpub.close(linger=0)
         ctx.term()
         return out / 1e3
     with Publisher(bind, SENSOR, linger_ms=0) as pub, Subscriber(pub.endpoint) as s:

@@ -13,6 +13,7 @@ that a runtime needs nothing else (input size, bin width, steps per window, clas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -67,3 +68,138 @@ class Runtime(Protocol):
     def state_norms(self) -> dict[str, float]:
         """L2 norm of every state tensor (telemetry: a stuck or exploding state shows here)."""
         ...
+
+
+# -- shared helpers and the factory ------------------------------------------------------
+
+#: File suffixes per backend (the file type picks the default backend).
+ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
+CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
+ENGINE_SUFFIXES: tuple[str, ...] = (".plan", ".engine")
+BACKENDS: tuple[str, ...] = ("onnxruntime", "torch", "tensorrt")
+
+
+def model_info_from_metadata(meta: dict[str, Any], backend: str) -> ModelInfo:
+    """Build :class:`ModelInfo` from the ``smastream`` metadata of an export.
+
+    Args:
+        meta: The JSON metadata (see ``smastream.engine.export.export_metadata``).
+        backend: The runtime's name.
+
+    Raises:
+        ValueError: If a required key is missing or has the wrong type.
+    """
+    required = ("preset", "input_width", "input_height", "bin_us", "steps_per_window")
+    missing = [k for k in (*required, "class_names") if k not in meta]
+    if missing:
+        raise ValueError(f"model metadata lacks {missing}; re-export the model")
+    try:
+        size = (int(meta["input_width"]), int(meta["input_height"]))
+        bin_us = int(meta["bin_us"])
+        steps = int(meta["steps_per_window"])
+        names = tuple(str(n) for n in meta["class_names"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model metadata has a malformed value: {exc}") from None
+    extra = {k: v for k, v in meta.items() if k not in (*required, "class_names")}
+    return ModelInfo(
+        preset=str(meta["preset"]),
+        input_size=size,
+        bin_us=bin_us,
+        steps_per_window=steps,
+        class_names=names,
+        backend=backend,
+        extra=extra,
+    )
+
+
+def backend_for_path(path: str | Path, backend: str | None = None) -> str:
+    """The backend that runs ``path``: ``backend`` if given (and able to), else by suffix.
+
+    ``.onnx`` -> ``onnxruntime`` (``tensorrt`` may build an engine from it; ``torch``
+    cannot run it); ``.pt``/``.pth``/``.ckpt`` -> ``torch`` only; ``.plan``/``.engine`` ->
+    ``tensorrt`` only.
+
+    Raises:
+        ValueError: Unknown backend name.
+        SmastreamError: Unknown suffix, or a backend that cannot run that file type (the
+            message says what to do instead).
+    """
+    from smastream.errors import SmastreamError
+
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {BACKENDS}")
+    suffix = Path(path).suffix.lower()
+    able: tuple[str, ...]
+    if suffix in ONNX_SUFFIXES:
+        kind, able = "ONNX model", ("onnxruntime", "tensorrt")
+    elif suffix in CHECKPOINT_SUFFIXES:
+        kind, able = "checkpoint", ("torch",)
+    elif suffix in ENGINE_SUFFIXES:
+        kind, able = "TensorRT engine", ("tensorrt",)
+    else:
+        valid = ONNX_SUFFIXES + CHECKPOINT_SUFFIXES + ENGINE_SUFFIXES
+        raise SmastreamError(f"{path}: unknown model file type {suffix!r}; valid: {valid}")
+    if backend is None:
+        return able[0]
+    if backend not in able:
+        hint = (
+            f"export it first: smastream export {path} --out model.onnx"
+            if kind == "checkpoint"
+            else f"the {backend} backend runs {', '.join(_kinds_of(backend))}"
+        )
+        raise SmastreamError(f"{path}: a {kind} cannot run on {backend} ({hint})")
+    return backend
+
+
+def _kinds_of(backend: str) -> tuple[str, ...]:
+    return {
+        "onnxruntime": ("ONNX models (.onnx)",),
+        "torch": ("checkpoints (.pt)",),
+        "tensorrt": ("engines (.plan) and ONNX models (.onnx)",),
+    }[backend]
+
+
+def open_runtime(model_path: str | Path, backend: str | None = None, **options: Any) -> Runtime:
+    """Open a model file with the right backend.
+
+    Args:
+        model_path: ``.onnx`` (ONNX Runtime by default, or TensorRT: the engine is built
+            once and cached), ``.pt`` checkpoint (PyTorch), ``.plan``/``.engine``
+            (TensorRT).
+        backend: ``"onnxruntime"``, ``"torch"``, ``"tensorrt"`` or ``None`` (by file type).
+        **options: Passed to the backend: ``threads``, ``device``, ``spin``
+            (onnxruntime); ``threads``, ``device``, ``cuda_graph``, ``steps_per_window``,
+            ``bin_us`` (torch); ``precision``, ``cache_dir`` (``.onnx`` only),
+            ``cuda_graph`` (tensorrt, which ignores ``threads`` and ``device``).
+
+    Raises:
+        SmastreamError: Missing file, wrong file type for the backend, a missing optional
+            dependency (:class:`~smastream.errors.DependencyError`, with the install hint).
+    """
+    from smastream.errors import SmastreamError
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise SmastreamError(f"model {path} not found")
+    chosen = backend_for_path(path, backend)
+    if chosen == "onnxruntime":
+        from .ort_runtime import OrtRuntime
+
+        return OrtRuntime(path, **options)
+    if chosen == "torch":
+        from .torch_runtime import TorchRuntime
+
+        return TorchRuntime.from_checkpoint(path, **options)
+    from .trt_runtime import TrtRuntime
+
+    # CPU threads and the device choice do not apply to an engine (it runs on the GPU it
+    # was built for); the shared --threads/--device options are not an error here.
+    options = {k: v for k, v in options.items() if k not in ("threads", "device")}
+    if path.suffix.lower() in ONNX_SUFFIXES:
+        return TrtRuntime.from_onnx(path, **options)
+    return TrtRuntime(path, **options)
+
+
+def state_norms_of(arrays: dict[str, npt.NDArray[np.float32]]) -> dict[str, float]:
+    """L2 norm of each array (float64 accumulation)."""
+    return {name: float(np.linalg.norm(a.ravel().astype(np.float64))) for name, a in arrays.items()}
