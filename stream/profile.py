@@ -47,11 +47,12 @@ def is_jetson() -> bool:
     return Path("/etc/nv_tegra_release").exists() or shutil.which("tegrastats") is not None
 
 
-_POWER = re.compile(r"(VDD_IN|POM_5V_IN|VIN_SYS_5V0)\s+(\d+)mW")
+_POWER = re.compile(r"(VDD_IN|POM_5V_IN|VIN_SYS_5V0)\s+(\d+)(?:mW)?/")
 
 
 def parse_tegrastats_power(line: str) -> float | None:
-    """Total board input power in mW from one tegrastats line (Orin/Xavier/Nano names)."""
+    """Total board input power in mW from one tegrastats line: ``VDD_IN 5567mW/5567mW``
+    (Orin), ``VIN_SYS_5V0`` (Xavier) or ``POM_5V_IN 2351/2351`` (Nano, mW without unit)."""
     m = _POWER.search(line)
     return float(m.group(2)) if m else None
 

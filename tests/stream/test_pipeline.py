@@ -329,3 +329,37 @@ def test_overlay_window_on_a_real_x_server(tmp_path: Path, model: Path) -> None:
     finally:
         xvfb.terminate()
         xvfb.wait(timeout=10)
+
+
+def test_profile_writes_json_png_and_a_summary(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rec = tmp_path / "short.aedat4"
+    assert main(["synth", str(rec), "--seconds", "4", "--seed", "22"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "prof"
+    code = main(
+        ["profile", "--model", str(model), "--source", str(rec), "--speed", "4", "--out", str(out)]
+    )
+    assert code == 0
+    summary = capsys.readouterr().out
+    assert "end-to-end" in summary and "Jetson" in summary
+    report = json.loads((out / "profile.json").read_text())
+    assert set(report["stages_ms"]) == {"read", "bin", "infer", "decide", "render"}
+    assert report["end_to_end_ms"]["n"] == report["throughput"]["windows"] >= 15
+    assert report["end_to_end_ms"]["p99"] > 0
+    assert report["resources"]["jetson"].startswith("unavailable")
+    png = cv2.imread(str(out / "profile.png"))
+    assert png is not None and png.shape[0] > 200
+
+
+def test_tegrastats_power_parsing() -> None:
+    from smastream.stream.profile import parse_tegrastats_power
+
+    orin = (
+        "RAM 2448/30536MB ... VDD_GPU_SOC 2385mW/2385mW VDD_CPU_CV 397mW/397mW VDD_IN 5567mW/5567mW"
+    )
+    nano = "RAM 1024/3964MB ... POM_5V_IN 2351/2351 POM_5V_GPU 0/0 POM_5V_CPU 402/402"
+    assert parse_tegrastats_power(orin) == 5567.0
+    assert parse_tegrastats_power(nano) == 2351.0  # the Nano prints mW without the unit
+    assert parse_tegrastats_power("POM_5V_IN 3000mW/3000mW") == 3000.0
