@@ -141,7 +141,14 @@ class Result:
 
 @dataclass
 class PipelineStats:
-    """Counters and latency samples of a run (milliseconds)."""
+    """Counters and latency samples of a run (milliseconds).
+
+    Stages: ``read`` getting a packet from the source (replay pacing left out; for a
+    camera or subscription it includes waiting for data), ``bin`` binning per window,
+    ``infer`` one runtime call, ``decide`` the decision layer, ``render`` one overlay
+    frame. ``end_to_end`` runs from the moment the ingest stage closed a window (its last
+    bin complete) to its decisions.
+    """
 
     packets: int = 0
     events: int = 0
@@ -309,15 +316,18 @@ class Pipeline:
         stats = self.stats
         try:
             packets: Iterator[SourcePacket] = iter(self.source.packets())
+            pacer = getattr(self.source, "pacer", None)
             while not self.stop.is_set():
                 while self.paused.is_set() and not self.stop.is_set():
                     time.sleep(0.02)
                 t_read = time.perf_counter()
+                waited = pacer.waited_s if pacer is not None else 0.0
                 packet = next(packets, None)
                 if packet is None:
                     break
-                t_got = time.perf_counter()
-                stats.read_ms.append((t_got - t_read) * 1e3)
+                if pacer is not None:  # replay pacing is not reading
+                    t_read += pacer.waited_s - waited
+                stats.read_ms.append((time.perf_counter() - t_read) * 1e3)
                 ev = packet.events
                 stats.packets += 1
                 stats.events += len(ev)

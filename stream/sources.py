@@ -83,6 +83,8 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._anchor: tuple[int, float] | None = None
+        self.waited_s = 0.0
+        """Total time spent sleeping (so stage timings can leave pacing out)."""
 
     def reanchor(self) -> None:
         self._anchor = None
@@ -99,6 +101,7 @@ class Pacer:
         due = w0 + (t_us - t0) / 1e6 / self.speed
         if due > now:
             self._sleep(due - now)
+            self.waited_s += due - now
 
 
 class FileSource:
