@@ -31,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "live": "camera -> overlay window with live gesture predictions",
     "infer": "run inference on another machine's `smastream publish` stream",
     "profile": "per-stage latency, throughput, CPU/memory (and Jetson power) of the pipeline",
+    "train": "train the SMA-SNN (stream or clip protocol) and export it to ONNX",
+    "evaluate": "clip and streaming accuracy, onset-to-decision time, false idle decisions",
     "export": "export a checkpoint as a stateful ONNX graph or a TensorRT engine",
     "bench-engine": "per-window latency and throughput of a runtime (backend, preset or model)",
     "keys": "make a CURVE key pair (NAME.key, NAME.key_secret) for encrypted transport",

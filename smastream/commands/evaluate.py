@@ -1,0 +1,97 @@
+"""``smastream evaluate MODEL --data DATA``: clip and streaming metrics of a model.
+
+``MODEL`` is a training checkpoint (``.pt``, run with the PyTorch step form) or an exported
+``.onnx`` (run with ONNX Runtime). Streaming evaluation replays each recording window by
+window through the same decision layer as ``smastream live`` (see
+:mod:`smastream.train.evaluate`). ``--json`` prints every metric as one JSON object
+(``clip_accuracy``, ``stream_accuracy``, ``onset_to_decision_ms_p50``/``_p90``,
+``false_idle_decisions``, ``per_class``, ``stream_confusion``, ...). Example::
+
+    smastream evaluate engine/models/demo.onnx --data recordings/demo.aedat4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from smastream.errors import SmastreamError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="CKPT|MODEL.onnx", help="checkpoint or ONNX model")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="labelled recording, folder of them, synthetic, or dvsgesture[:ROOT] (test split)",
+    )
+    parser.add_argument("--json", action="store_true", help="print all metrics as one JSON object")
+    parser.add_argument("--no-clip", action="store_true", help="skip clip accuracy")
+    parser.add_argument("--no-stream", action="store_true", help="skip streaming metrics")
+    parser.add_argument("--cache-dir", help="preprocessing cache (default: a temporary folder)")
+    parser.add_argument("--max-recordings", type=int, help="evaluate only the first N recordings")
+    parser.add_argument(
+        "--stable-steps",
+        type=int,
+        default=1,
+        help="correct decisions in a row that count as the onset (default 1)",
+    )
+    parser.add_argument("--min-confidence", type=float, help="decision threshold (default 0.5)")
+    parser.add_argument("--hold-steps", type=int, help="hysteresis steps (default 3)")
+    parser.add_argument("--smooth-ms", type=float, help="probability smoothing, ms (default 100)")
+    parser.add_argument(
+        "--confusion-png", metavar="PNG", help="write the streaming confusion matrix here"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from smastream.stream.decision import DecisionConfig
+
+    try:
+        from smastream.train.evaluate import EvalOptions, evaluate, format_table
+    except ImportError as exc:
+        raise SmastreamError(f"evaluation needs the train extra ({exc})") from None
+    overrides = {
+        k: v
+        for k, v in (
+            ("min_confidence", args.min_confidence),
+            ("hold_steps", args.hold_steps),
+            ("smooth_ms", args.smooth_ms),
+        )
+        if v is not None
+    }
+    try:
+        decision = dataclasses.replace(DecisionConfig(), **overrides)
+        opts = EvalOptions(
+            decision=decision,
+            stable_steps=args.stable_steps,
+            clip=not args.no_clip,
+            stream=not args.no_stream,
+            cache_dir=args.cache_dir,
+            max_recordings=args.max_recordings,
+            progress=not args.json,
+        )
+        summary = evaluate(args.model, args.data, opts)
+    except ValueError as exc:
+        raise SmastreamError(str(exc)) from None
+    if args.confusion_png and summary.get("stream_confusion") is not None:
+        from smastream.train.plots import plot_confusion
+
+        names = [*summary["class_names"][:11], "no gesture"]
+        plot_confusion(
+            summary["stream_confusion"],
+            names,
+            [*names[:11], "none"],
+            args.confusion_png,
+            "streaming decisions (steps)",
+        )
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_table(summary))
+        if summary.get("stream_skipped"):
+            print(f"streaming skipped: {summary['stream_skipped']}", file=sys.stderr)
+    return 0

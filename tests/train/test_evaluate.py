@@ -1,0 +1,207 @@
+"""Evaluation: exact numbers on a hand-built case; checkpoint and ONNX agree end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from smastream.errors import SmastreamError
+from smastream.stream.decision import DecisionConfig, stream_metrics
+from smastream.stream.formats.labels import GestureWindow
+from smastream.train.config import TrainConfig
+from smastream.train.evaluate import (
+    EvalModel,
+    EvalOptions,
+    decide_stream,
+    evaluate,
+    evaluate_stream_recording,
+    percentile_or_none,
+    summarize,
+)
+from smastream.train.loop import class_names_for, train
+
+NAMES = class_names_for(12)
+NG = 11  # the "no gesture" output
+# Decisions = each step's own argmax: no smoothing, no hysteresis, no quiet test.
+RAW = DecisionConfig(
+    smooth_ms=0, min_confidence=0.5, quiet_events_per_s=0, hold_steps=1, switch_margin=0,
+    idle_reset_s=None,
+)  # fmt: skip
+
+
+class ScriptedRuntime:
+    """A deterministic runtime that plays back per-step classes, one window per call."""
+
+    def __init__(self, classes: list[int], n_classes: int = 12) -> None:
+        self.classes = classes
+        self.n_classes = n_classes
+        self.pos = 0
+        self.resets = 0
+        self.windows: list[npt.NDArray[np.float32]] = []
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def step(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        self.windows.append(frames.copy())
+        out = np.zeros((frames.shape[0], self.n_classes), dtype=np.float32)
+        for i in range(frames.shape[0]):
+            k = self.pos + i
+            out[i, self.classes[k] if k < len(self.classes) else NG] = 10.0
+        self.pos += frames.shape[0]
+        return out
+
+
+def _frames(n: int, events: float = 1.0) -> npt.NDArray[np.float32]:
+    f = np.zeros((n, 2, 4, 4), dtype=np.float32)
+    f[:, 1, 0, 0] = events
+    return f
+
+
+def test_hand_built_stream_case_exact_numbers() -> None:
+    # 10 bins of 1 ms; S = 4 (the last window is padded with 2 empty bins).
+    classes = [NG, NG, NG, NG, 2, 2, 2, 2, NG, 5]
+    rt = ScriptedRuntime(classes)
+    pairs, resets = decide_stream(rt, _frames(10), 0, 1000, 4, NAMES, RAW)
+    assert [t for t, _ in pairs] == [1000 * (i + 1) for i in range(10)]
+    assert [lab for _, lab in pairs] == [None] * 4 + [2] * 4 + [None, 5]  # class 11 -> None
+    assert len(rt.windows) == 3 and rt.windows[-1][2:].sum() == 0  # padding is empty
+    assert resets == 0 and rt.resets == 1  # reset once at the start only
+
+    window = GestureWindow(3500, 8000, 2)  # steps ending 4000..8000 are inside
+    model = EvalModel(Path("scripted"), ScriptedRuntime(classes), NAMES, (4, 4), 1000, 4, 4, None)
+    targets = np.array([NG, NG, NG, 2, 2, 2, 2, 2, NG, NG])
+    res = evaluate_stream_recording(model, "r", _frames(10), targets, [window], 0, RAW)
+    m = res.metrics
+    assert (m.n_window_steps, m.n_correct_steps) == (5, 4)
+    assert m.onset_ms == (1.5,)  # first correct decision at 5000 us, window starts at 3500
+    assert (m.n_idle_steps, m.n_false_idle) == (5, 1)
+    assert res.confusion[2, 2] == 4 and res.confusion[2, NG] == 1
+    assert res.confusion[NG, 5] == 1 and res.confusion[NG, NG] == 4
+    s = summarize([res], class_names=NAMES)
+    assert s["stream_accuracy"] == 0.8
+    assert s["onset_to_decision_ms_p50"] == 1.5 and s["onset_to_decision_ms_p90"] == 1.5
+    assert s["false_idle_decisions"] == 1 and s["false_idle_rate"] == 0.2
+    assert s["false_idle_per_min"] == pytest.approx(1 / (5 * 1e-3 / 60))
+    row = s["per_class"][2]
+    assert (row["windows"], row["window_steps"], row["stream_accuracy"]) == (1, 5, 0.8)
+    assert s["per_class"][5]["windows"] == 0 and s["per_class"][5]["stream_accuracy"] is None
+    assert s["clip_accuracy"] is None
+    json.dumps(s)  # every value is plain JSON
+
+
+def test_same_numbers_as_stream_metrics_directly() -> None:
+    rng = np.random.default_rng(0)
+    classes = [int(c) for c in rng.integers(0, 12, size=37)]
+    windows = [GestureWindow(2000, 9000, 1), GestureWindow(15000, 30000, 4)]
+    pairs, _ = decide_stream(ScriptedRuntime(classes), _frames(37), 0, 1000, 4, NAMES, RAW)
+    want = stream_metrics([(t, None if c == NG else c) for t, c in zip(
+        [1000 * (i + 1) for i in range(37)], classes, strict=True)], windows)  # fmt: skip
+    assert stream_metrics(pairs, windows) == want
+
+
+def test_idle_timeout_resets_the_runtime() -> None:
+    quiet = DecisionConfig(
+        smooth_ms=0, quiet_events_per_s=1e12, hold_steps=1, idle_reset_s=0.003
+    )  # always quiet: a reset is asked after 3 ms, once per quiet spell
+    rt = ScriptedRuntime([NG] * 12)
+    pairs, resets = decide_stream(rt, _frames(12), 0, 1000, 4, NAMES, quiet)
+    assert resets == 1 and rt.resets == 2
+    assert all(lab is None for _, lab in pairs)
+
+
+def test_percentiles_count_missed_windows_as_infinitely_late() -> None:
+    assert percentile_or_none([100.0, 200.0, math.inf], 50) == 200.0
+    assert percentile_or_none([100.0, 200.0, math.inf], 90) is None
+    assert percentile_or_none([100.0, 300.0], 50) == 200.0
+    assert percentile_or_none([], 50) is None
+
+
+def test_clip_summary_exact() -> None:
+    s = summarize([], clip_labels=[0, 1, 1, 3], clip_preds=[0, 1, 0, 2])
+    assert s["clip_accuracy"] == 0.5 and s["clips"] == 4
+    assert s["clip_confusion"][1][0] == 1 and s["clip_confusion"][3][2] == 1
+    assert s["per_class"][1]["clip_accuracy"] == 0.5
+    assert s["per_class"][3]["clip_accuracy"] == 0.0
+    assert s["stream_accuracy"] is None
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny stream-protocol checkpoint and its ONNX export."""
+    tmp = tmp_path_factory.mktemp("eval")
+    cfg = TrainConfig(
+        out=str(tmp / "run"), cache_dir=str(tmp / "cache"), width=1 / 32, input_size=32,
+        epochs=1, batch_size=2, synth_recordings=2, synth_val_recordings=1, synth_seconds=6.0,
+        chunk_steps=8, max_batches=2, backend="onnx", progress=False, device="cpu", threads=1,
+    )  # fmt: skip
+    result = train(cfg)
+    onnx_path = Path(cfg.out) / "model.onnx"
+    assert onnx_path in result.exported and onnx_path.with_suffix(".json").is_file()
+    val = sorted((tmp / "cache" / "synthetic").glob("synth-seed11000-*.aedat4"))
+    assert len(val) == 1
+    return result.last_checkpoint, val[0]
+
+
+def test_checkpoint_and_onnx_give_the_same_metrics(trained: tuple[Path, Path]) -> None:
+    ckpt, recording = trained
+    onnx_path = ckpt.parent / "model.onnx"
+    meta = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert meta["class_names"][-1] == "no gesture" and len(meta["class_names"]) == 12
+    opts = EvalOptions(decision=RAW)
+    a = evaluate(ckpt, str(recording), opts)
+    b = evaluate(onnx_path, str(recording), opts)
+    for key in ("stream_accuracy", "clip_accuracy", "false_idle_decisions", "windows",
+                "onset_to_decision_ms_p50", "stream_confusion", "clip_confusion"):  # fmt: skip
+        assert a[key] == b[key], key
+    assert a["windows"] >= 1 and a["clips"] == a["windows"]
+    assert sum(map(sum, a["stream_confusion"])) == a["window_steps"] + a["idle_steps"]
+
+
+def test_evaluate_command_json(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smastream.commands import evaluate as cmd
+
+    ckpt, recording = trained
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    png = tmp_path / "confusion.png"
+    args = parser.parse_args(
+        [str(ckpt.parent / "model.onnx"), "--data", str(recording), "--json",
+         "--confusion-png", str(png)]
+    )  # fmt: skip
+    assert cmd.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("clip_accuracy", "stream_accuracy", "onset_to_decision_ms_p50",
+                "onset_to_decision_ms_p90", "false_idle_decisions", "per_class"):  # fmt: skip
+        assert key in out
+    assert png.is_file() and png.stat().st_size > 0
+
+
+def test_errors_name_the_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, recording = trained
+    with pytest.raises(SmastreamError, match=r"nothing\.onnx"):
+        evaluate(tmp_path / "nothing.onnx", str(recording))
+    with pytest.raises(SmastreamError, match=r"missing\.aedat4"):
+        evaluate(ckpt, str(tmp_path / "missing.aedat4"))
+    rec = tmp_path / recording.name
+    rec.write_bytes(recording.read_bytes())
+    labels = rec.with_name(rec.stem + "_labels.csv")
+    labels.write_text("class,startTime_usec,endTime_usec\n3,1000000,99000000\n")
+    with pytest.raises(SmastreamError, match=rec.stem) as err:
+        evaluate(ckpt, str(rec))
+    assert "\n" not in str(err.value)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(SmastreamError, match=r"bad\.onnx"):
+        evaluate(bad, str(recording))

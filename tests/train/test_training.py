@@ -1,0 +1,295 @@
+"""Training loop: CI-sized runs of both protocols, exact resume, config, atomic outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from smastream.engine.model import NetState, load_checkpoint
+from smastream.errors import FormatError, SmastreamError
+from smastream.train.config import TrainConfig, config_from_mapping, load_toml, parse_data_spec
+from smastream.train.datasets import NO_GESTURE, PAD_TARGET
+from smastream.train.loop import (
+    EpochResult,
+    _atomic_checkpoint,
+    _reset_lanes,
+    build_model,
+    class_names_for,
+    lr_at,
+    stream_loss,
+    train,
+)
+
+
+def tiny(tmp: Path, cache: Path, **overrides: Any) -> TrainConfig:
+    """A network and data small enough for a few seconds of CPU."""
+    base: dict[str, Any] = dict(
+        out=str(tmp / "run"),
+        cache_dir=str(cache),
+        preset="edge",
+        width=1 / 32,
+        input_size=32,
+        epochs=2,
+        batch_size=2,
+        lr=5e-3,
+        warmup_steps=1,
+        synth_recordings=2,
+        synth_val_recordings=1,
+        synth_seconds=6.0,
+        chunk_steps=8,
+        n_frames=4,
+        max_batches=2,
+        backend="none",
+        progress=False,
+        device="cpu",
+        threads=1,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train-cache")
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero() -> None:
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(500, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stream_loss_counts_steps_and_masks_no_gesture_when_asked() -> None:
+    logits = torch.zeros(3, 2, 12)
+    logits[..., 4] = 5.0
+    targets = torch.tensor([[4, NO_GESTURE], [PAD_TARGET, 4], [NO_GESTURE, PAD_TARGET]])
+    loss12, n12 = stream_loss(logits, targets, no_gesture_class=True)
+    loss11, n11 = stream_loss(logits, targets, no_gesture_class=False)
+    assert (n12, n11) == (4, 2)
+    p_right = torch.log_softmax(logits[0, 0], -1)
+    want11 = -float(p_right[4])
+    want12 = -(2 * float(p_right[4]) + 2 * float(p_right[NO_GESTURE])) / 4
+    assert float(loss11) == pytest.approx(want11, rel=1e-6)
+    assert float(loss12) == pytest.approx(want12, rel=1e-6)
+    empty, n0 = stream_loss(logits, torch.full((3, 2), PAD_TARGET), True)
+    assert n0 == 0 and float(empty) == 0.0
+
+
+def test_reset_lanes_zeroes_only_flagged_lanes() -> None:
+    state = NetState({"a": torch.ones(3, 2, 2, requires_grad=True) * 2, "b": torch.ones(3, 4)})
+    out = _reset_lanes(state, torch.tensor([False, True, False]))
+    assert out["a"][1].abs().sum() == 0 and out["b"][1].abs().sum() == 0
+    assert torch.equal(out["a"][0], torch.full((2, 2), 2.0))
+    assert torch.equal(out["b"][2], torch.ones(4))
+    assert not out["a"].requires_grad  # detached: truncated BPTT
+
+
+def test_class_names_put_no_gesture_last() -> None:
+    names = class_names_for(12)
+    assert len(names) == 12 and names[-1] == "no gesture"
+    assert class_names_for(11)[-1] == "other"
+    with pytest.raises(ValueError, match="13"):
+        class_names_for(13)
+
+
+def test_config_validation_quotes_bad_values() -> None:
+    with pytest.raises(ValueError, match="'wavy'"):
+        TrainConfig(protocol="wavy")
+    with pytest.raises(ValueError, match="causal"):
+        TrainConfig(protocol="stream", temporal="paper")
+    with pytest.raises(ValueError, match="mse"):
+        TrainConfig(protocol="stream", loss="mse")
+    with pytest.raises(ValueError, match="unknown training config keys \\['epoch'\\]"):
+        config_from_mapping({"epoch": 3})
+    assert parse_data_spec("dvsgesture:/x/y") == ("dvsgesture", "/x/y")
+    assert parse_data_spec("synthetic") == ("synthetic", None)
+    assert parse_data_spec("some/folder") == ("folder", "some/folder")
+    assert TrainConfig(protocol="clip").resolved_loss == "mse"
+    assert TrainConfig(protocol="clip").n_outputs == 11
+    assert TrainConfig().n_outputs == 12
+
+
+def test_flags_override_toml_override_defaults(tmp_path: Path) -> None:
+    from smastream.commands import train as cmd
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 7\nlr = 0.01\nprotocol = "clip"\n[train]\nbatch_size = 3\n')
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    cfg = cmd.config_from_args(parser.parse_args(["--config", str(toml), "--lr", "0.5"]))
+    assert (cfg.epochs, cfg.lr, cfg.protocol, cfg.batch_size) == (7, 0.5, "clip", 3)
+    assert cfg.seed == TrainConfig().seed
+    args = parser.parse_args(["--no-azo", "--epochs", "2"])
+    assert cmd.config_from_args(args).azo is False
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(SmastreamError, match=r"bad\.toml"):
+        load_toml(bad)
+    with pytest.raises(SmastreamError, match="batch_size"):
+        cmd.config_from_args(parser.parse_args(["--batch-size", "0"]))
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
+    cfg = TrainConfig(width=1 / 32, input_size=32)
+    model = build_model(cfg)
+    path = tmp_path / "last.pt"
+    _atomic_checkpoint(path, model, {"epoch": 1})
+    before = path.read_bytes()
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
+        _atomic_checkpoint(path, model, {"epoch": 2, "bad": lambda: 0})
+    assert path.read_bytes() == before  # the complete old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def test_stream_training_writes_run_folder(tmp_path: Path, cache: Path) -> None:
+    cfg = tiny(tmp_path, cache)
+    result = train(cfg)
+    out = Path(cfg.out)
+    assert len(result.history) == 2 and len(result.losses) == 4
+    assert all(math.isfinite(v) for v in result.losses)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [0, 1]
+    assert lines[-1]["val_accuracy"] is not None and lines[-1]["step"] == 4
+    for name in ("config.json", "last.pt", "best.pt", "loss.png", "accuracy.png", "confusion.png"):
+        assert (out / name).is_file(), name
+    model, extra = load_checkpoint(out / "last.pt")
+    assert model.config.num_classes == 12 and model.config.temporal == "causal"
+    assert extra["class_names"][-1] == "no gesture"
+    assert extra["bin_us"] == cfg.bin_us and extra["epoch"] == 1
+    assert json.loads((out / "config.json").read_text())["protocol"] == "stream"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_clip_training_runs_paper_temporal(tmp_path: Path, cache: Path) -> None:
+    cfg = tiny(tmp_path, cache, protocol="clip", epochs=1, batch_size=1)
+    result = train(cfg)
+    assert len(result.losses) == 2 and all(math.isfinite(v) for v in result.losses)
+    model, extra = load_checkpoint(Path(cfg.out) / "last.pt")
+    assert model.config.temporal == "paper" and model.config.time_steps == 4
+    assert model.config.num_classes == 11
+    assert extra["protocol"] == "clip"
+
+
+@pytest.mark.parametrize("protocol", ["stream", "clip"])
+def test_resume_gives_the_same_next_losses(tmp_path: Path, cache: Path, protocol: str) -> None:
+    bs = 1 if protocol == "clip" else 2
+    full = train(tiny(tmp_path / "a", cache, protocol=protocol, epochs=3, batch_size=bs))
+
+    def interrupt(result: EpochResult) -> None:
+        if result.epoch == 1:  # after epoch 2's checkpoint: like Ctrl-C
+            raise KeyboardInterrupt
+
+    cfg_b = tiny(tmp_path / "b", cache, protocol=protocol, epochs=3, batch_size=bs)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, on_epoch=interrupt)
+    resumed = train(cfg_b, resume=True)
+    assert len(full.losses) == 6
+    assert resumed.losses == full.losses[4:]  # exactly: same data order, RNG, optimizer
+    assert [h.epoch for h in resumed.history] == [0, 1, 2]
+    a = load_checkpoint(Path(tmp_path / "a" / "run" / "last.pt"))[0].state_dict()
+    b = load_checkpoint(Path(tmp_path / "b" / "run" / "last.pt"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint_is_one_line_error(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(SmastreamError, match="no checkpoint to resume"):
+        train(tiny(tmp_path, cache), resume=True)
+
+
+def _copy_labelled(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    rec = sorted(src.glob("synth-seed*.aedat4"))[0]
+    (dst / rec.name).write_bytes(rec.read_bytes())
+    labels = rec.with_name(rec.stem + "_labels.csv")
+    (dst / labels.name).write_text(labels.read_text())
+    return dst / rec.name
+
+
+def test_bad_data_gives_one_line_error_naming_the_file(tmp_path: Path, cache: Path) -> None:
+    train(tiny(tmp_path / "warm", cache, epochs=1, max_batches=1))  # makes the recordings
+    synth = cache / "synthetic"
+    # a label window past the end of the recording
+    folder = tmp_path / "late"
+    rec = _copy_labelled(synth, folder)
+    labels = rec.with_name(rec.stem + "_labels.csv")
+    labels.write_text(labels.read_text() + "3,5900000,99000000\n")
+    with pytest.raises(SmastreamError, match=labels.name.split("_labels")[0]) as err:
+        train(tiny(tmp_path / "r1", cache, data=str(folder)))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "r1" / "run" / "last.pt").exists()
+    # a corrupt event file
+    folder = tmp_path / "corrupt"
+    rec = _copy_labelled(synth, folder)
+    data = rec.read_bytes()
+    rec.write_bytes(data[: len(data) // 3] + b"\x00garbage" * 64)
+    with pytest.raises(SmastreamError, match=rec.name) as err2:
+        train(tiny(tmp_path / "r2", cache, data=str(folder)))
+    assert "\n" not in str(err2.value)
+    assert not (tmp_path / "r2" / "run" / "last.pt").exists()
+
+
+def test_train_command_runs_and_reports(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smastream.commands import train as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = [
+        "--out", str(tmp_path / "cli"), "--cache-dir", str(cache), "--width", "0.03125",
+        "--input-size", "32", "--epochs", "1", "--batch-size", "2", "--synth-recordings", "2",
+        "--synth-val-recordings", "1", "--synth-seconds", "6", "--chunk-steps", "8",
+        "--max-batches", "1", "--backend", "none", "--no-progress", "--device", "cpu", "--json",
+    ]  # fmt: skip
+    assert cmd.run(parser.parse_args(argv)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 1 and summary["last"]["batches"] == 1
+    with pytest.raises(SmastreamError, match="synth_seconds"):
+        cmd.run(parser.parse_args([*argv[:-1], "--synth-seconds", "-1"]))
+
+
+def test_missing_folder_is_one_line_error(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises((SmastreamError, FormatError), match="nowhere"):
+        train(tiny(tmp_path, cache, data=str(tmp_path / "nowhere")))
+
+
+def test_seeded_init_is_deterministic() -> None:
+    torch.manual_seed(1)
+    a = build_model(TrainConfig(width=1 / 32, input_size=32)).state_dict()
+    torch.manual_seed(1)
+    b = build_model(TrainConfig(width=1 / 32, input_size=32)).state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_geometry_matches_the_live_mapping() -> None:
+    from smastream.stream.pipeline import model_geometry
+    from smastream.train.loop import geometry_for
+
+    assert geometry_for((128, 128), (64, 64)) == {
+        "crop": None, "downsample": 2, "output_size": None,
+    }  # fmt: skip
+    crop, out = model_geometry((346, 260), (64, 64))
+    assert geometry_for((346, 260), (64, 64)) == {
+        "crop": crop, "downsample": 1, "output_size": out,
+    }  # fmt: skip
+
+
+def test_demo_seeds_are_refused(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(ValueError, match="reserved for the demo"):
+        train(tiny(tmp_path, cache, synth_seed=7))

@@ -1,0 +1,662 @@
+"""Evaluation: clip accuracy and streaming metrics, run the way the live path runs the model.
+
+Streaming evaluation (:func:`evaluate_stream_recording`) replays a recording window by
+window exactly like :class:`smastream.stream.pipeline.Pipeline`: ``S`` bins per call to a
+stateful runtime (ONNX Runtime for ``.onnx``, the PyTorch step form for checkpoints), the
+logits through a :class:`~smastream.stream.decision.Decider`, the class named
+``"no gesture"`` mapped to no decision, and the runtime reset when the decider asks
+(idle timeout). The decisions are scored by
+:func:`~smastream.stream.decision.stream_metrics` (not re-implemented here).
+
+Metrics (:func:`summarize`; keys of ``smastream evaluate --json``):
+
+``clip_accuracy``
+    Labelled windows as clips (``T`` equal-event-count frames, fresh state); prediction =
+    argmax of the time-averaged logits over the 11 gesture classes.
+``stream_accuracy``
+    Decision steps inside labelled windows (``start < t_bin_end <= end``) whose decided
+    label is the window's class, over all such steps.
+``onset_to_decision_ms_p50`` / ``_p90``
+    Per window: ms from the window start to the first correct decision
+    (``stable_steps`` in a row; the decider's hysteresis already holds ``hold_steps``).
+    A window never detected counts as infinitely late, so a percentile is ``null`` when
+    more than that fraction of windows was missed; ``windows_detected`` says how many.
+``false_idle_decisions``, ``false_idle_rate``, ``false_idle_per_min``
+    Decisions of a gesture class outside every window (during idle gaps).
+``per_class``
+    Per class: windows, window steps, stream accuracy, detected windows, median onset,
+    clips and clip accuracy.
+``stream_confusion``, ``clip_confusion``
+    Rows = true class (stream: the step's target, 11 = no gesture), columns = decided
+    class (stream: 11 = no decision).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from smastream.errors import FormatError, SmastreamError
+from smastream.gestures import CLASS_NAMES, NUM_CLASSES
+from smastream.stream.decision import (
+    NO_GESTURE,
+    Decider,
+    DecisionConfig,
+    StreamMetrics,
+    stream_metrics,
+)
+from smastream.stream.formats.labels import GestureWindow
+
+__all__ = [
+    "EvalModel",
+    "RecordingResult",
+    "WindowRuntime",
+    "clip_predictions",
+    "decide_stream",
+    "evaluate",
+    "export_checkpoint",
+    "open_eval_model",
+    "percentile_or_none",
+    "summarize",
+]
+
+
+class WindowRuntime(Protocol):
+    """What streaming evaluation needs (a subset of ``engine.runtime.Runtime``)."""
+
+    def reset(self) -> None: ...
+
+    def step(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass
+class EvalModel:
+    """A model opened for evaluation.
+
+    Attributes:
+        path: The file.
+        runtime: Stateful window runtime for streaming (None when the model cannot
+            stream, e.g. a ``temporal="paper"`` checkpoint).
+        class_names: Output names in logit order (``"no gesture"`` last for 12 outputs).
+        input_size: ``(H, W)`` of the frames.
+        bin_us: Bin width the model was trained with.
+        steps_per_window: ``S``.
+        n_frames: ``T`` for clip evaluation.
+        clip_logits: ``frames [T, 2, H, W] -> logits [T, C]`` with a fresh state.
+    """
+
+    path: Path
+    runtime: WindowRuntime | None
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    bin_us: int
+    steps_per_window: int
+    n_frames: int
+    clip_logits: Any
+
+    @property
+    def no_gesture_index(self) -> int | None:
+        return self.class_names.index(NO_GESTURE) if NO_GESTURE in self.class_names else None
+
+
+def _names_for(n: int, stored: Any) -> tuple[str, ...]:
+    if isinstance(stored, (list, tuple)) and len(stored) == n:
+        return tuple(str(s) for s in stored)
+    if n == NUM_CLASSES:
+        return CLASS_NAMES
+    if n == NUM_CLASSES + 1:
+        return (*CLASS_NAMES, NO_GESTURE)
+    return tuple(f"class {i}" for i in range(n))
+
+
+def open_eval_model(
+    path: str | Path,
+    *,
+    steps_per_window: int | None = None,
+    bin_us: int | None = None,
+    n_frames: int | None = None,
+    threads: int | None = None,
+) -> EvalModel:
+    """Open a checkpoint (``.pt``) or an exported model (``.onnx``) for evaluation.
+
+    Raises:
+        SmastreamError / FormatError: missing or unreadable file (names it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SmastreamError(f"{p}: model file not found")
+    if p.suffix.lower() == ".onnx":
+        from smastream.engine.runtime import open_runtime
+
+        opts: dict[str, Any] = {}
+        if threads is not None:
+            opts["threads"] = threads
+        try:
+            rt = open_runtime(p, "onnxruntime", **opts)
+        except SmastreamError:
+            raise
+        except Exception as exc:
+            raise FormatError(p, 0, f"not a usable smastream ONNX model ({exc})") from exc
+        info = rt.info
+        s = info.steps_per_window
+        extra = info.extra.get("checkpoint_extra", {}) if isinstance(info.extra, dict) else {}
+        tcfg = extra.get("train_config", {}) if isinstance(extra, dict) else {}
+        t = int(n_frames or tcfg.get("n_frames", 16) if isinstance(tcfg, dict) else 16)
+        ort_rt = rt
+
+        def onnx_clip(frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            if frames.shape[0] % s:
+                raise ValueError(f"clip of {frames.shape[0]} frames is not a multiple of S={s}")
+            ort_rt.reset()
+            out = [ort_rt.step(frames[i : i + s]) for i in range(0, frames.shape[0], s)]
+            ort_rt.reset()
+            return np.concatenate(out)
+
+        w, h = info.input_size
+        return EvalModel(p, rt, tuple(info.class_names), (h, w), info.bin_us, s, t, onnx_clip)
+
+    import torch
+
+    from smastream.engine.model import load_checkpoint
+
+    model, extra = load_checkpoint(p)
+    torch.set_flush_denormal(True)  # decaying membranes: denormal math is ~30x slower
+    if threads is not None:
+        torch.set_num_threads(threads)
+    tcfg = extra.get("train_config") if isinstance(extra.get("train_config"), dict) else {}
+    assert isinstance(tcfg, dict)
+    s = int(steps_per_window or extra.get("steps_per_window", 4))
+    b = int(bin_us or extra.get("bin_us", 50_000))
+    t = int(n_frames or tcfg.get("n_frames", 16))
+    names = _names_for(model.config.num_classes, extra.get("class_names"))
+    runtime: WindowRuntime | None = None
+    if model.config.temporal == "causal":
+        from smastream.engine.torch_runtime import TorchRuntime
+
+        runtime = TorchRuntime(model, steps_per_window=s, bin_us=b, device="cpu", extra={})
+
+    @torch.no_grad()
+    def torch_clip(frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        x = torch.from_numpy(np.ascontiguousarray(frames)).unsqueeze(1)
+        logits, _ = model.sequence(x)
+        return logits[:, 0].numpy()
+
+    return EvalModel(p, runtime, names, model.config.input_size, b, s, t, torch_clip)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def decide_stream(
+    runtime: WindowRuntime,
+    frames: npt.NDArray[np.float32],
+    t0_us: int,
+    bin_us: int,
+    steps_per_window: int,
+    class_names: Sequence[str],
+    decision: DecisionConfig | None = None,
+) -> tuple[list[tuple[int, int | None]], int]:
+    """Run a whole recording through ``runtime`` and a :class:`Decider`, window by window.
+
+    Mirrors the live pipeline: ``S`` bins per call (the last window padded with empty
+    bins, whose decisions are dropped), events per bin = the frame's sum, the class named
+    ``"no gesture"`` mapped to no decision, the runtime reset when a decision asks.
+
+    Args:
+        runtime: Stateful runtime (it is reset first).
+        frames: ``float32 [N, 2, H, W]`` every bin of the recording.
+        t0_us: Start of the first bin, µs.
+        bin_us: Bin width, µs.
+        steps_per_window: ``S``.
+        class_names: Names in logit order.
+        decision: Decider settings (the live defaults when None).
+
+    Returns:
+        ``([(t_bin_end_us, label or None)] * N, idle resets)``.
+    """
+    s = steps_per_window
+    names = list(class_names)
+    no_gesture = names.index(NO_GESTURE) if NO_GESTURE in names else None
+    decider = Decider(decision, len(names), names)
+    runtime.reset()
+    n = frames.shape[0]
+    pairs: list[tuple[int, int | None]] = []
+    resets = 0
+    for lo in range(0, n, s):
+        window = frames[lo : lo + s]
+        if window.shape[0] < s:
+            pad = np.zeros((s - window.shape[0], *frames.shape[1:]), dtype=np.float32)
+            window = np.concatenate([window, pad])
+        logits = runtime.step(np.ascontiguousarray(window, dtype=np.float32))
+        per_bin = window.reshape(s, -1).sum(axis=1)
+        decisions = decider.update(logits, per_bin, t0_us + lo * bin_us, bin_us)
+        if no_gesture is not None:
+            decisions = [replace(d, label=None) if d.label == no_gesture else d for d in decisions]
+        if any(d.reset_state for d in decisions):
+            runtime.reset()
+            resets += 1
+        pairs += [(d.t_bin_end_us, d.label) for d in decisions[: min(s, n - lo)]]
+    return pairs, resets
+
+
+@dataclass
+class RecordingResult:
+    """Streaming evaluation of one recording.
+
+    Attributes:
+        name: Recording name.
+        metrics: :func:`stream_metrics` of its decisions.
+        windows: Its labelled windows (in the order of ``metrics.onset_ms``).
+        confusion: ``[12, 12]`` step counts, rows = target (11 = no gesture), columns =
+            decision (11 = none).
+        idle_resets: State resets asked by the decider.
+        seconds: Duration in bins × bin width.
+    """
+
+    name: str
+    metrics: StreamMetrics
+    windows: list[GestureWindow]
+    confusion: npt.NDArray[np.int64]
+    idle_resets: int
+    seconds: float
+
+
+def evaluate_stream_recording(
+    model: EvalModel,
+    name: str,
+    frames: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.int64],
+    windows: Sequence[GestureWindow],
+    t0_us: int,
+    decision: DecisionConfig | None = None,
+    stable_steps: int = 1,
+) -> RecordingResult:
+    """Decide a recording (:func:`decide_stream`) and score it against its windows.
+
+    Args:
+        targets: ``int64 [N]`` per-bin target (class, or 11 between gestures) for the
+            confusion matrix.
+    """
+    if model.runtime is None:
+        raise SmastreamError(f"{model.path}: this model cannot stream (temporal='paper')")
+    pairs, resets = decide_stream(
+        model.runtime,
+        frames,
+        t0_us,
+        model.bin_us,
+        model.steps_per_window,
+        model.class_names,
+        decision,
+    )
+    metrics = stream_metrics(pairs, windows, stable_steps)
+    conf = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), dtype=np.int64)
+    pred = np.array([NUM_CLASSES if lab is None else lab for _, lab in pairs], dtype=np.int64)
+    tgt = np.asarray(targets, dtype=np.int64)
+    ok = (tgt >= 0) & (tgt <= NUM_CLASSES) & (pred <= NUM_CLASSES)
+    np.add.at(conf, (tgt[ok], pred[ok]), 1)
+    return RecordingResult(
+        name, metrics, list(windows), conf, resets, frames.shape[0] * model.bin_us / 1e6
+    )
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def clip_predictions(
+    model: EvalModel, clips: Sequence[npt.NDArray[np.float32]]
+) -> npt.NDArray[np.int64]:
+    """Argmax over the 11 gesture classes of each clip's time-averaged logits."""
+    preds = [int(np.argmax(model.clip_logits(c).mean(axis=0)[:NUM_CLASSES])) for c in clips]
+    return np.array(preds, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def percentile_or_none(values: Sequence[float], q: float) -> float | None:
+    """``q``-th percentile (numpy's linear rule); ``None`` when it is infinite or NaN
+    (missed windows count as ``inf``) or there are no values."""
+    if not values:
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    if np.isinf(arr).any():
+        finite_share = np.isfinite(arr).mean()
+        if q / 100.0 > finite_share:
+            return None
+        arr = np.sort(arr)
+        arr[~np.isfinite(arr)] = arr[np.isfinite(arr)].max() if np.isfinite(arr).any() else 0
+    v = float(np.percentile(arr, q))
+    return v if math.isfinite(v) else None
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def summarize(
+    results: Sequence[RecordingResult],
+    clip_labels: npt.ArrayLike | None = None,
+    clip_preds: npt.ArrayLike | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict[str, Any]:
+    """All metrics as one JSON-able dict (see the module docstring for the keys)."""
+    out: dict[str, Any] = {}
+    names = list(class_names[:NUM_CLASSES])
+    if clip_labels is not None and clip_preds is not None:
+        y = np.asarray(clip_labels, dtype=np.int64)
+        p = np.asarray(clip_preds, dtype=np.int64)
+        out["clips"] = int(y.size)
+        out["clip_accuracy"] = _nan_to_none(float((y == p).mean()) if y.size else math.nan)
+        cc = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        np.add.at(cc, (y, p), 1)
+        out["clip_confusion"] = cc.tolist()
+    else:
+        y = p = np.zeros(0, dtype=np.int64)
+        out["clips"] = 0
+        out["clip_accuracy"] = None
+    if results:
+        n_in = sum(r.metrics.n_window_steps for r in results)
+        n_ok = sum(r.metrics.n_correct_steps for r in results)
+        n_idle = sum(r.metrics.n_idle_steps for r in results)
+        n_false = sum(r.metrics.n_false_idle for r in results)
+        idle_s = sum(
+            r.metrics.n_idle_steps * (r.seconds / max(r.metrics.n_steps, 1)) for r in results
+        )
+        onsets = [math.inf if o is None else o for r in results for o in r.metrics.onset_ms]
+        win_labels = [w.label for r in results for w in r.windows]
+        conf = sum((r.confusion for r in results), np.zeros((12, 12), dtype=np.int64))
+        out.update(
+            recordings=len(results),
+            windows=len(onsets),
+            windows_detected=int(sum(math.isfinite(o) for o in onsets)),
+            stream_accuracy=_nan_to_none(n_ok / n_in if n_in else math.nan),
+            window_steps=n_in,
+            onset_to_decision_ms_p50=percentile_or_none(onsets, 50),
+            onset_to_decision_ms_p90=percentile_or_none(onsets, 90),
+            onset_to_decision_ms_mean=_nan_to_none(
+                float(np.mean([o for o in onsets if math.isfinite(o)]))
+                if any(math.isfinite(o) for o in onsets)
+                else math.nan
+            ),
+            idle_steps=n_idle,
+            false_idle_decisions=n_false,
+            false_idle_rate=_nan_to_none(n_false / n_idle if n_idle else math.nan),
+            false_idle_per_min=_nan_to_none(n_false / (idle_s / 60) if idle_s else math.nan),
+            idle_resets=sum(r.idle_resets for r in results),
+            stream_confusion=conf.tolist(),
+        )
+    else:
+        onsets, win_labels, conf = [], [], np.zeros((12, 12), dtype=np.int64)
+        out.update(
+            stream_accuracy=None,
+            onset_to_decision_ms_p50=None,
+            onset_to_decision_ms_p90=None,
+            false_idle_decisions=None,
+        )
+    per_class = []
+    for c, name in enumerate(names):
+        on = [o for o, lab in zip(onsets, win_labels, strict=True) if lab == c]
+        steps = int(conf[c].sum())
+        clips_c = int((y == c).sum())
+        per_class.append(
+            {
+                "class": c,
+                "name": name,
+                "windows": len(on),
+                "window_steps": steps,
+                "stream_accuracy": _nan_to_none(conf[c, c] / steps if steps else math.nan),
+                "detected": int(sum(math.isfinite(o) for o in on)),
+                "onset_ms_p50": percentile_or_none(on, 50),
+                "clips": clips_c,
+                "clip_accuracy": _nan_to_none(
+                    float((p[y == c] == c).mean()) if clips_c else math.nan
+                ),
+            }
+        )
+    out["per_class"] = per_class
+    out["class_names"] = list(class_names)
+    return out
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A human-readable report: headline numbers and the per-class table."""
+
+    def f(v: Any, pct: bool = False, unit: str = "") -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f} %" if pct else f"{v:.0f}{unit}"
+
+    lines = [
+        f"clip accuracy:            {f(summary.get('clip_accuracy'), True)} "
+        f"({summary.get('clips', 0)} clips)",
+        f"stream accuracy:          {f(summary.get('stream_accuracy'), True)} "
+        f"({summary.get('window_steps', 0)} steps inside windows)",
+        f"onset to decision p50/90: {f(summary.get('onset_to_decision_ms_p50'), unit=' ms')} / "
+        f"{f(summary.get('onset_to_decision_ms_p90'), unit=' ms')} "
+        f"({summary.get('windows_detected', 0)}/{summary.get('windows', 0)} windows detected)",
+        f"false idle decisions:     {summary.get('false_idle_decisions')} of "
+        f"{summary.get('idle_steps', 0)} idle steps "
+        f"({f(summary.get('false_idle_rate'), True)})",
+        "",
+        f"{'class':<28} {'windows':>7} {'stream':>8} {'detected':>8} {'onset p50':>10} "
+        f"{'clips':>5} {'clip':>7}",
+    ]
+    for row in summary["per_class"]:
+        lines.append(
+            f"{row['name']:<28} {row['windows']:>7} {f(row['stream_accuracy'], True):>8} "
+            f"{row['detected']:>8} {f(row['onset_ms_p50'], unit=' ms'):>10} "
+            f"{row['clips']:>5} {f(row['clip_accuracy'], True):>7}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclass
+class EvalOptions:
+    """Options of :func:`evaluate`.
+
+    Attributes:
+        decision: Decider settings (live defaults).
+        stable_steps: Correct decisions in a row that count as the onset.
+        clip: Compute clip accuracy.
+        stream: Compute streaming metrics.
+        cache_dir: Preprocessing cache (a temporary folder when None).
+        max_recordings: Evaluate only the first N recordings.
+        progress: Progress bars while preprocessing.
+    """
+
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    stable_steps: int = 1
+    clip: bool = True
+    stream: bool = True
+    cache_dir: str | None = None
+    max_recordings: int | None = None
+    progress: bool = False
+
+
+def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
+    from .config import parse_data_spec
+    from .datasets import Recording, check_label_span, find_labelled_recordings
+    from .loop import VAL_SEED_OFFSET, _synthetic
+
+    kind, root = parse_data_spec(data)
+    if kind == "synthetic":
+        return _synthetic(cache_dir / "synthetic", [1000 + VAL_SEED_OFFSET], 40.0, False)
+    if kind == "dvsgesture":
+        from .dvsgesture import dvsgesture_recordings, prepare_dvsgesture
+
+        base = Path(root) if root else cache_dir / "dvsgesture"
+        return dvsgesture_recordings(prepare_dvsgesture(base), "test", check_span=True)
+    path = Path(data)
+    if path.is_file():
+        from smastream.stream.formats.labels import labels_path_for
+
+        labels = labels_path_for(path)
+        if not labels.is_file():
+            raise SmastreamError(f"{labels}: label file missing for {path.name}")
+        rec = Recording(path, labels)
+        check_label_span(rec)
+        return [rec]
+    if not path.exists():
+        raise SmastreamError(f"{path}: no such file or folder")
+    return find_labelled_recordings(path, check_span=True)
+
+
+def evaluate(
+    model_path: str | Path, data: str, options: EvalOptions | None = None
+) -> dict[str, Any]:
+    """Evaluate a checkpoint or ONNX model on labelled recordings.
+
+    Args:
+        model_path: ``.pt`` checkpoint or ``.onnx`` export.
+        data: A labelled recording file, a folder of them, ``synthetic`` (a held-out
+            synthetic recording) or ``dvsgesture[:ROOT]`` (the test split).
+        options: :class:`EvalOptions`.
+
+    Returns:
+        :func:`summarize`'s dict plus ``model``, ``data``, ``bin_us``, ``steps_per_window``.
+
+    Raises:
+        SmastreamError / FormatError: missing or corrupt files, a label window outside
+            its recording (one line naming the file).
+    """
+    from .datasets import ClipConfig, ClipDataset, StreamConfig, StreamDataset
+    from .loop import _sensor_of, geometry_for
+
+    opts = options or EvalOptions()
+    model = open_eval_model(model_path)
+    with tempfile.TemporaryDirectory(prefix="smastream-eval-") as tmp:
+        cache = Path(opts.cache_dir) if opts.cache_dir else Path(tmp)
+        recs = _recordings_for(data, cache)
+        if opts.max_recordings is not None:
+            recs = recs[: opts.max_recordings]
+        if not recs:
+            raise SmastreamError(f"{data}: no labelled recordings to evaluate")
+        sensor = _sensor_of(recs[0])
+        geo = geometry_for(sensor, model.input_size)
+        results: list[RecordingResult] = []
+        if opts.stream and model.runtime is not None:
+            from smastream.stream.formats.labels import read_labels
+
+            sds = StreamDataset(
+                recs,
+                cache,
+                StreamConfig(bin_us=model.bin_us, chunk_steps=64, sensor_size=sensor, **geo),
+                progress=opts.progress,
+            )
+            for r, rec in enumerate(recs):
+                n = sds.bins_per_recording[r]
+                frames = np.concatenate(
+                    [sds.chunk_arrays(r, c)[0] for c in range(sds.chunks_per_recording[r])]
+                )[:n]
+                results.append(
+                    evaluate_stream_recording(
+                        model,
+                        rec.name,
+                        frames,
+                        sds.targets(r),
+                        read_labels(rec.labels).windows,
+                        sds.t0_us[r],
+                        opts.decision,
+                        opts.stable_steps,
+                    )
+                )
+        labels = preds = None
+        if opts.clip:
+            cds = ClipDataset(
+                recs,
+                cache,
+                ClipConfig(n_frames=model.n_frames, sensor_size=sensor, **geo),
+                progress=opts.progress,
+            )
+            labels = cds.labels
+            preds = clip_predictions(model, [cds.frames(i) for i in range(len(cds))])
+    summary = summarize(results, labels, preds, model.class_names)
+    summary.update(
+        model=str(model_path),
+        data=data,
+        bin_us=model.bin_us,
+        steps_per_window=model.steps_per_window,
+        n_frames=model.n_frames,
+        decision={k: v for k, v in vars(opts.decision).items()},
+        stable_steps=opts.stable_steps,
+    )
+    if opts.stream and model.runtime is None:
+        summary["stream_skipped"] = "temporal='paper' model: no streaming form"
+    return summary
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, backend: str = "onnx"
+) -> list[Path]:
+    """Export a training checkpoint to ONNX (and, for ``tensorrt``, an fp16 engine
+    ``<out>.plan`` built on this machine's GPU).
+
+    Uses :func:`smastream.engine.export.export_onnx`; the ``class_names`` the checkpoint
+    stores (``"no gesture"`` last for stream models) are written into the file's metadata,
+    and a ``<out>.json`` beside it holds the same metadata in plain JSON.
+
+    Raises:
+        ImportError: the export module (or onnx) is not available.
+        SmastreamError: a network that cannot stream (``temporal="paper"``).
+    """
+    import onnx
+
+    from smastream.engine import export as ex
+    from smastream.engine.model import load_checkpoint
+
+    model, extra = load_checkpoint(checkpoint)
+    if model.config.temporal != "causal":
+        raise SmastreamError(
+            f"{checkpoint}: a temporal='paper' network has no streaming form to export; "
+            "train with --protocol stream (or --temporal causal)"
+        )
+    out = Path(out)
+    bin_us, _ = ex.bin_us_of(extra)
+    steps = int(extra.get("steps_per_window", ex.DEFAULT_STEPS_PER_WINDOW))
+    tcfg = extra.get("train_config", {})
+    data = str(tcfg.get("data", "unspecified")) if isinstance(tcfg, dict) else "unspecified"
+    light = {k: v for k, v in extra.items() if k not in ("optimizer", "rng_torch", "scaler")}
+    meta = ex.export_onnx(
+        model, out, steps_per_window=steps, bin_us=bin_us, training_data=data, extra=light
+    )
+    names = _names_for(model.config.num_classes, extra.get("class_names"))
+    if list(meta.get("class_names", [])) != list(names):
+        proto = onnx.load(str(out))
+        for prop in proto.metadata_props:
+            if prop.key == ex.METADATA_KEY:
+                stored = json.loads(prop.value)
+                stored["class_names"] = list(names)
+                prop.value = json.dumps(stored, sort_keys=True)
+                meta["class_names"] = list(names)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            onnx.save(proto, str(tmp))
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    side = out.with_suffix(".json")
+    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_side, side)
+    paths = [out, side]
+    if backend == "tensorrt":
+        from smastream.engine.trt_runtime import build_or_load
+
+        paths.append(build_or_load(out, "fp16", out=out.with_suffix(".plan")))
+    return paths
