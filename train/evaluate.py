@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from smastream.engine.torch_runtime import with_flush_denormal
 from smastream.errors import FormatError, SmastreamError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES
 from smastream.stream.decision import (
@@ -169,7 +170,6 @@ def open_eval_model(
     from smastream.engine.model import load_checkpoint
 
     model, extra = load_checkpoint(p)
-    torch.set_flush_denormal(True)  # decaying membranes: denormal math is ~30x slower
     if threads is not None:
         torch.set_num_threads(threads)
     tcfg = extra.get("train_config") if isinstance(extra.get("train_config"), dict) else {}
@@ -513,6 +513,7 @@ def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     return find_labelled_recordings(path, check_span=True)
 
 
+@with_flush_denormal
 def evaluate(
     model_path: str | Path, data: str, options: EvalOptions | None = None
 ) -> dict[str, Any]:

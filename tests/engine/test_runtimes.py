@@ -4,7 +4,6 @@ the factory, and ``smastream bench-engine``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,10 +238,6 @@ def test_paper_parity_short(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("SMASTREAM_SLOW_TESTS"),
-    reason="~60 s on 2 cores: set SMASTREAM_SLOW_TESTS=1 to run the 100-window paper parity",
-)
 def test_paper_parity_100_windows(tmp_path: Path) -> None:
     _paper_parity(tmp_path, 100, min_clean=0.5)
 
