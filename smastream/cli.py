@@ -7,7 +7,8 @@ Every subcommand is a module in ``smastream.commands`` with two functions:
 
 Command modules import heavy dependencies inside ``run`` so that ``smastream --help`` stays
 fast. Expected failures raise :class:`smastream.errors.SmastreamError` and are printed here as
-one line; Ctrl-C ends a command with exit code 0 after its ``finally`` blocks closed files.
+one line, and so are operating-system errors on paths (missing folder, no permission, disk
+full); Ctrl-C ends a command with exit code 0 after its ``finally`` blocks closed files.
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"smastream {args.command}: interrupted", file=sys.stderr)
         return 0
-    except BrokenPipeError:
+    except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    except OSError as exc:  # a path that cannot be read or written: the user's to fix
+        print(f"smastream {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -83,3 +83,13 @@ def test_a_real_process_exits_non_zero_without_traceback(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_output_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["synth", str(blocker / "sub" / "out.aedat4"), "--seconds", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smastream synth: error:")
