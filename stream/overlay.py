@@ -77,6 +77,15 @@ SHORT_NAMES: tuple[str, ...] = (
 )
 """Bar labels for :data:`smastream.gestures.CLASS_NAMES`, in the same order."""
 
+
+def short_names_for(class_names: Sequence[str]) -> tuple[str, ...]:
+    """Bar labels for a model's classes: the short DVS Gesture names where they apply
+    (a 12th "no gesture" output becomes "none"), other names cut to 10 characters."""
+    short = dict(zip(CLASS_NAMES, SHORT_NAMES, strict=True))
+    short["no gesture"] = "none"
+    return tuple(short.get(name, name[:10]) for name in class_names)
+
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BANNER_H = 56
 PANEL_W = 300

@@ -25,7 +25,7 @@ import collections
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -34,6 +34,7 @@ import numpy as np
 
 from smastream.engine.runtime import Runtime
 from smastream.errors import SmastreamError
+from smastream.gestures import CLASS_NAMES
 from smastream.stream.binning import Binner, Window
 from smastream.stream.decision import NO_GESTURE, Decider, Decision, DecisionConfig, stamp_decided
 from smastream.stream.formats.base import EventWriter
@@ -549,17 +550,24 @@ class OverlayDisplay:
         video: Path | None,
         input_size: tuple[int, int],
         window_s: float,
+        class_names: Sequence[str] = CLASS_NAMES,
         scale: int | None = None,
     ) -> None:
-        from smastream.stream.overlay import VideoSink, auto_scale, overlay_size
+        from smastream.stream.overlay import (
+            VideoSink,
+            auto_scale,
+            overlay_size,
+            short_names_for,
+        )
 
         w, h = input_size
+        self.short_names = short_names_for(class_names)
         self.scale = scale or auto_scale(h, w)
         self.window = window
         self.frames = 0
         self.sink = None
         if video is not None:
-            size = overlay_size(h, w, self.scale)
+            size = overlay_size(h, w, self.scale, len(self.short_names))
             self.sink = VideoSink(video, size, fps=max(1.0, 1.0 / window_s))
 
     def __call__(self, result: Result, pipeline: Pipeline) -> bool:
@@ -567,7 +575,13 @@ class OverlayDisplay:
 
         t0 = time.perf_counter()
         decision = result.decisions[-1] if result.decisions else None
-        image = render_overlay(result.window.frames, decision, pipeline.overlay_stats(), self.scale)
+        image = render_overlay(
+            result.window.frames,
+            decision,
+            pipeline.overlay_stats(),
+            self.scale,
+            self.short_names,
+        )
         pipeline.stats.render_ms.append((time.perf_counter() - t0) * 1e3)
         if self.sink is not None:
             self.sink.write(image)

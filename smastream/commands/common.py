@@ -196,6 +196,7 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
                 video=args.video,
                 input_size=info.input_size,
                 window_s=bin_us * info.steps_per_window / 1e6,
+                class_names=info.class_names,
             )
         stats = pipeline.run(display)
         if not args.quiet:

@@ -3,7 +3,8 @@
     smastream profile                                  # demo model on the demo recording
     smastream profile --backend tensorrt --model model.plan --device davis346 --seconds 60
 
-Runs the same pipeline as ``live``/``replay`` (headless) at the source's real pace and
+Runs the same pipeline as ``live``/``replay`` (headless: the overlay is rendered but not
+shown) at the source's real pace and
 writes ``profile.json`` and ``profile.png`` (latency histograms) to ``--out``, plus a
 one-screen summary. On a Jetson it records ``nvpmodel -q`` and samples ``tegrastats``.
 """
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from smastream.commands.common import open_runtime_from_args
-    from smastream.stream.pipeline import Pipeline, PipelineConfig
+    from smastream.stream.pipeline import OverlayDisplay, Pipeline, PipelineConfig
     from smastream.stream.profile import (
         ResourceSampler,
         build_report,
@@ -56,9 +57,17 @@ def run(args: argparse.Namespace) -> int:
         info = runtime.info
         bin_us = int(args.bin_ms * 1000) if args.bin_ms else info.bin_us
         pipeline = Pipeline(source, runtime, PipelineConfig(seconds=args.seconds), bin_us=bin_us)
+        # the overlay is rendered (not shown) so that the render stage is measured too
+        display = OverlayDisplay(
+            window=False,
+            video=None,
+            input_size=info.input_size,
+            window_s=bin_us * info.steps_per_window / 1e6,
+            class_names=info.class_names,
+        )
         sampler = ResourceSampler()
         sampler.start()
-        stats = pipeline.run()
+        stats = pipeline.run(display)
         resources = sampler.stop()
     finally:
         source.close()

@@ -363,3 +363,39 @@ def test_tegrastats_power_parsing() -> None:
     assert parse_tegrastats_power(orin) == 5567.0
     assert parse_tegrastats_power(nano) == 2351.0  # the Nano prints mW without the unit
     assert parse_tegrastats_power("POM_5V_IN 3000mW/3000mW") == 3000.0
+
+
+def test_replay_with_the_shipped_demo_model_draws_every_class_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default model (12 outputs, "no gesture" last) through the whole pipeline."""
+    from smastream.engine.runtime import open_runtime
+    from smastream.stream.overlay import auto_scale, overlay_size
+
+    video, preds = tmp_path / "demo.mp4", tmp_path / "demo.jsonl"
+    assert (
+        main(
+            [
+                "replay",
+                str(DEMO),
+                "--as-fast-as-possible",
+                "--no-display",
+                "--video",
+                str(video),
+                "--predictions",
+                str(preds),
+                "--seconds",
+                "8",
+            ]
+        )
+        == 0
+    )
+    info = open_runtime(REPO / "engine" / "models" / "demo.onnx").info
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    assert frame.shape[:2] == overlay_size(64, 64, auto_scale(64, 64), len(info.class_names))
+    records = _lines(preds)
+    assert records and all(r["name"] in (*info.class_names, "no gesture") for r in records)
+    assert all(r["label"] is None or r["label"] < 11 for r in records)
