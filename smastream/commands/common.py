@@ -18,6 +18,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 0.2, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
     try:

@@ -24,27 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from smastream.commands.common import non_negative_float, positive_float
 from smastream.errors import SmastreamError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (example: 2.5)") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0 (example: 2.5)")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (example: 0.2)") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 (example: 0.2)")
-    return value
 
 
 def _sensor(text: str) -> tuple[int, int]:
@@ -58,34 +39,34 @@ def _sensor(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, metavar="OUT", help="output file, e.g. synth.aedat4")
-    parser.add_argument("--seconds", type=_positive_float, default=60.0, help="duration (60)")
+    parser.add_argument("--seconds", type=positive_float, default=60.0, help="duration (60)")
     parser.add_argument(
         "--sensor", type=_sensor, default=(128, 128),
         help="dvs128 (default), davis346, dvxplorer, dvxplorer-lite or WIDTHxHEIGHT",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument(
-        "--gesture-s", type=_positive_float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
+        "--gesture-s", type=positive_float, nargs=2, default=(2.0, 5.0), metavar=("MIN", "MAX"),
         help="gesture duration range in seconds (2 5)",
     )  # fmt: skip
     parser.add_argument(
-        "--gap-s", type=_non_negative_float, nargs=2, default=(0.5, 1.5),
+        "--gap-s", type=non_negative_float, nargs=2, default=(0.5, 1.5),
         metavar=("MIN", "MAX"), help="idle gap range in seconds (0.5 1.5)",
     )  # fmt: skip
     parser.add_argument(
-        "--noise-hz", type=_non_negative_float, default=0.2,
+        "--noise-hz", type=non_negative_float, default=0.2,
         help="background-activity noise per pixel, Hz (0.2)",
     )  # fmt: skip
     parser.add_argument("--hot-pixels", type=int, default=3, help="number of hot pixels (3)")
     parser.add_argument(
-        "--threshold", type=_positive_float, default=0.2,
+        "--threshold", type=positive_float, default=0.2,
         help="mean ON and OFF contrast threshold, log intensity (0.2)",
     )  # fmt: skip
     parser.add_argument(
         "--refractory-us", type=int, default=250, help="pixel refractory period, µs (250)"
     )
     parser.add_argument(
-        "--render-hz", type=_positive_float, default=1000.0,
+        "--render-hz", type=positive_float, default=1000.0,
         help="rendered frames per second (1000)",
     )  # fmt: skip
     parser.add_argument(
