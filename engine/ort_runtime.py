@@ -205,11 +205,7 @@ class OrtRuntime:
         Raises:
             ValueError: If ``frames`` does not have :attr:`ModelInfo.window_shape`.
         """
-        if tuple(frames.shape) != self.info.window_shape:
-            raise ValueError(
-                f"frames must be {list(self.info.window_shape)} (S, 2, H, W), "
-                f"got {list(frames.shape)}"
-            )
+        self.info.check_window(frames)
         np.copyto(self._frames.reshape(self.info.window_shape), frames, casting="same_kind")
         self.session.run_with_iobinding(self._bindings[self._current])
         self._current = 1 - self._current

@@ -52,6 +52,14 @@ class ModelInfo:
         """``(S, 2, H, W)``: one call's input."""
         return (self.steps_per_window, *self.frame_shape)
 
+    def check_window(self, frames: np.ndarray) -> None:
+        """Raise ``ValueError`` unless ``frames`` has :attr:`window_shape`."""
+        if tuple(frames.shape) != self.window_shape:
+            raise ValueError(
+                f"frames must be {list(self.window_shape)} (S, 2, H, W), "
+                f"got {list(frames.shape)}"
+            )
+
 
 class Runtime(Protocol):
     """A stateful SNN runtime: one window per call, state kept between calls."""

@@ -199,11 +199,7 @@ class TorchRuntime:
         Raises:
             ValueError: If ``frames`` does not have ``info.window_shape``.
         """
-        if tuple(frames.shape) != self.info.window_shape:
-            raise ValueError(
-                f"frames must be {list(self.info.window_shape)} (S, 2, H, W), "
-                f"got {list(frames.shape)}"
-            )
+        self.info.check_window(frames)
         src = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
         if self.device.type != "cuda":
             self._frames.copy_(src)

@@ -569,11 +569,7 @@ class TrtRuntime:
         Raises:
             ValueError: If ``frames`` does not have ``info.window_shape``.
         """
-        if tuple(frames.shape) != self.info.window_shape:
-            raise ValueError(
-                f"frames must be {list(self.info.window_shape)} (S, 2, H, W), "
-                f"got {list(frames.shape)}"
-            )
+        self.info.check_window(frames)
         torch = self._torch
         np.copyto(
             self._host_frames.numpy().reshape(self.info.window_shape), frames, casting="same_kind"
