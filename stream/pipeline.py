@@ -187,6 +187,8 @@ class PipelineConfig:
         publish_predictions: ZeroMQ endpoint to publish decisions on (JSON, PUB).
         allow_remote: Allow a non-loopback ``publish_predictions`` endpoint.
         seconds: Stop after this much wall time.
+        keep_decisions: Keep ``(t_us, label)`` of every decision in
+            :attr:`Pipeline.decisions` (one small tuple per step: for scoring replays).
     """
 
     lossless: bool = False
@@ -197,6 +199,7 @@ class PipelineConfig:
     publish_predictions: str | None = None
     allow_remote: bool = False
     seconds: float | None = None
+    keep_decisions: bool = False
 
 
 def decision_record(d: Decision, window_index: int) -> dict[str, Any]:
@@ -299,6 +302,7 @@ class Pipeline:
         self._warm_up()
         self.error: BaseException | None = None
         self.last_result: Result | None = None
+        self.decisions: list[tuple[int, int | None]] = []
         self._fps_times: collections.deque[float] = collections.deque(maxlen=30)
 
     def _warm_up(self) -> None:
@@ -414,6 +418,8 @@ class Pipeline:
                 if any(d.reset_state for d in decisions):
                     self.runtime.reset()
                     stats.count_reset("idle")
+                if self.config.keep_decisions:
+                    self.decisions.extend((d.t_bin_end_us, d.label) for d in decisions)
                 for d in decisions:
                     rec = decision_record(d, index)
                     if out is not None:
@@ -504,6 +510,21 @@ class Pipeline:
         if self.error is not None:
             raise self.error
         return self.stats
+
+
+def score_line(decisions: list[tuple[int, int | None]], labels_path: Path) -> str:
+    """How a replay's decisions agree with the recording's label file, in one line."""
+    from smastream.stream.decision import stream_metrics
+    from smastream.stream.formats.labels import read_labels
+
+    m = stream_metrics(decisions, read_labels(labels_path).windows)
+    onsets = [o for o in m.onset_ms if o is not None]
+    onset = f"{np.median(onsets):.0f} ms" if onsets else "n/a"
+    return (
+        f"labels {labels_path.name}: {100 * m.step_accuracy:.1f} % of steps inside gesture "
+        f"windows decided right; {m.n_detected}/{len(m.onset_ms)} gestures detected (median "
+        f"onset to decision {onset}); {m.n_false_idle}/{m.n_idle_steps} idle steps decided"
+    )
 
 
 def display_idle(display: Display, pipeline: Pipeline) -> bool:

@@ -163,8 +163,16 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
 
     from smastream.errors import SmastreamError
     from smastream.stream.formats import open_writer
+    from smastream.stream.formats.labels import labels_path_for
     from smastream.stream.overlay import has_display
-    from smastream.stream.pipeline import OverlayDisplay, Pipeline, PipelineConfig, summary_line
+    from smastream.stream.pipeline import (
+        OverlayDisplay,
+        Pipeline,
+        PipelineConfig,
+        score_line,
+        summary_line,
+    )
+    from smastream.stream.sources import FileSource
 
     recorder = None
     display = None
@@ -186,7 +194,12 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
         source = make_source()
         if args.record:
             recorder = open_writer(args.record, source.sensor_size)
+        labels = None
+        if isinstance(source, FileSource) and not source.loop:
+            candidate = labels_path_for(source.path)
+            labels = candidate if candidate.exists() else None
         config = PipelineConfig(
+            keep_decisions=labels is not None,
             lossless=lossless or args.lossless,
             predictions=args.predictions,
             publish_predictions=args.publish_predictions,
@@ -212,6 +225,8 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
         stats = pipeline.run(display)
         if not args.quiet:
             print(summary_line(stats), file=sys.stderr)
+            if labels is not None:
+                print(score_line(pipeline.decisions, labels), file=sys.stderr)
     finally:
         if display is not None:
             display.close()

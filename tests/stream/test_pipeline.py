@@ -88,6 +88,7 @@ def test_replay_headless_writes_video_and_predictions_faster_than_real_time(
     err = capsys.readouterr().err
     assert code == 0
     assert "no display found: running headless" in err
+    assert "labels demo_labels.csv: " in err and "% of steps inside gesture windows" in err
     records = _lines(preds)
     windows = {r["window"] for r in records}
     assert len(records) == 4 * len(windows)
