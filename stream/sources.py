@@ -207,18 +207,20 @@ class FileSource:
         self._reader.close()
 
 
-def list_cameras() -> list[str]:
-    """Names (``model serial``) of the cameras dv-processing can see; empty when none."""
+def _discover() -> list[tuple[str, str]]:
+    """``(model, serial)`` of every camera dv-processing can see."""
     try:
         import dv_processing as dv
     except ImportError as exc:  # pragma: no cover - a core dependency
         raise DependencyError(
             "camera input needs dv-processing: pip install dv-processing"
         ) from exc
-    found = []
-    for d in dv.io.camera.discover():
-        found.append(f"{d.cameraModel} {d.serialNumber}".strip())
-    return found
+    return [(str(d.cameraModel), str(d.serialNumber)) for d in dv.io.camera.discover()]
+
+
+def list_cameras() -> list[str]:
+    """Names (``model serial``) of the cameras dv-processing can see; empty when none."""
+    return [f"{model} {serial}".strip() for model, serial in _discover()]
 
 
 class CameraSource:
@@ -246,16 +248,12 @@ class CameraSource:
         self.reconnects = 0
 
     def _pick(self) -> str:
-        import dv_processing as dv
-
-        cameras = list(dv.io.camera.discover())
-        names = [f"{d.cameraModel} {d.serialNumber}".strip() for d in cameras]
+        cameras = _discover()
         want = self.device.lower()
-        for d in cameras:
-            model = str(d.cameraModel).lower().replace(" ", "")
-            if want in ("auto", str(d.serialNumber).lower()) or want in model:
-                return str(d.serialNumber)
-        seen = ", ".join(names) if names else "none"
+        for model, serial in cameras:
+            if want in ("auto", serial.lower()) or want in model.lower().replace(" ", ""):
+                return serial
+        seen = ", ".join(f"{m} {s}".strip() for m, s in cameras) or "none"
         raise SmastreamError(
             f"no camera matching {self.device!r} (cameras found: {seen}); "
             "to run on a recording use: smastream replay FILE"
