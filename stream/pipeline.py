@@ -140,9 +140,22 @@ class Result:
     decide_ms: float
 
 
+MAX_SAMPLES = 100_000
+"""Latency samples kept per stage: the latest ones (about 2.5 h of 50 ms bins in windows of
+4, or minutes of 5 ms packets), so a live run of any length has bounded memory."""
+
+Samples = collections.deque[float]
+
+
+def _samples() -> Samples:
+    return collections.deque(maxlen=MAX_SAMPLES)
+
+
 @dataclass
 class PipelineStats:
     """Counters and latency samples of a run (milliseconds).
+
+    Latency samples are bounded deques of the latest :data:`MAX_SAMPLES`.
 
     Stages: ``read`` getting a packet from the source (replay pacing left out; for a
     camera or subscription it includes waiting for data), ``bin`` binning per window,
@@ -161,12 +174,12 @@ class PipelineStats:
     resets: dict[str, int] = field(default_factory=dict)
     lost_packets: int = 0
     recorded: int = 0
-    read_ms: list[float] = field(default_factory=list)
-    bin_ms: list[float] = field(default_factory=list)
-    infer_ms: list[float] = field(default_factory=list)
-    decide_ms: list[float] = field(default_factory=list)
-    render_ms: list[float] = field(default_factory=list)
-    end_to_end_ms: list[float] = field(default_factory=list)
+    read_ms: Samples = field(default_factory=_samples)
+    bin_ms: Samples = field(default_factory=_samples)
+    infer_ms: Samples = field(default_factory=_samples)
+    decide_ms: Samples = field(default_factory=_samples)
+    render_ms: Samples = field(default_factory=_samples)
+    end_to_end_ms: Samples = field(default_factory=_samples)
     wall_s: float = 0.0
     sensor_s: float = 0.0
 
@@ -445,8 +458,8 @@ class Pipeline:
 
         s = self.stats
 
-        def last(xs: list[float]) -> float:
-            return float(np.mean(xs[-10:])) if xs else 0.0
+        def last(xs: Samples) -> float:
+            return float(np.mean([xs[i] for i in range(-min(10, len(xs)), 0)])) if xs else 0.0
 
         times = self._fps_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
@@ -533,7 +546,7 @@ def display_idle(display: Display, pipeline: Pipeline) -> bool:
     return bool(handler(pipeline)) if handler is not None else True
 
 
-def percentiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+def percentiles(values: Sequence[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
     """``{"p50": ..., "p95": ..., "p99": ...}`` of a list (NaN when empty)."""
     if not values:
         return {f"p{q}": float("nan") for q in qs}
