@@ -601,6 +601,10 @@ def evaluate(
 # --------------------------------------------------------------------------- export
 
 
+_MACHINE_KEYS = ("out", "cache_dir", "device", "threads", "workers", "progress")
+"""Training-config keys about the machine a run used, left out of an exported model."""
+
+
 def export_checkpoint(
     checkpoint: str | Path, out: str | Path, *, backend: str = "onnx"
 ) -> list[Path]:
@@ -632,6 +636,8 @@ def export_checkpoint(
     tcfg = extra.get("train_config", {})
     data = str(tcfg.get("data", "unspecified")) if isinstance(tcfg, dict) else "unspecified"
     light = {k: v for k, v in extra.items() if k not in ("optimizer", "rng_torch", "scaler")}
+    if isinstance(tcfg, dict):  # where it was trained is no property of the model
+        light["train_config"] = {k: v for k, v in tcfg.items() if k not in _MACHINE_KEYS}
     meta = ex.export_onnx(
         model, out, steps_per_window=steps, bin_us=bin_us, training_data=data, extra=light
     )
