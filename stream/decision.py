@@ -13,8 +13,10 @@ The engine returns logits ``[S, n_classes]`` for each window of ``S`` bins. For 
    ``min_confidence`` (:func:`candidate_label`);
 4. switches the shown label to the proposal only after it has been proposed for
    ``hold_steps`` consecutive steps and, between two classes, beats the current class by
-   ``switch_margin`` (:func:`hysteresis_step`). A one-step blip never changes the label,
-   and falling back to "no gesture" on low confidence is held the same way;
+   ``switch_margin`` (:func:`hysteresis_step`). With ``hold_steps >= 2`` a one-step blip
+   never changes the label, and falling back to "no gesture" on low confidence is held the
+   same way. The default is 1: the smoothing already damps blips, and every held step is
+   a step late at each gesture's onset (see :class:`DecisionConfig`);
 5. after ``idle_reset_s`` of continuous quiet (sensor time), sets ``reset_state`` on that
    one step, once per quiet spell: the caller resets the engine's membrane state. The
    decider clears its own smoothing and hysteresis at the same time.
@@ -67,12 +69,17 @@ class DecisionConfig:
             exceed the current one's by at least this much for a step to count. 0..1.
         idle_reset_s: Continuous quiet, in seconds of sensor time, after which the
             decision asks the caller to reset the engine state. ``None`` never asks.
+
+    The defaults (100 ms, 0.3, hold 1, margin 0.05) were chosen with the shipped demo
+    model on six held-out synthetic recordings (seeds 12000-12005, never the demo's):
+    93.2 % of in-window steps correct and 4.2 % of idle steps with a gesture shown, against
+    88.0 % and 13.0 % for the earlier 0.5 / hold 3 (README, "Demo model").
     """
 
     smooth_ms: float = 100.0
-    min_confidence: float = 0.5
+    min_confidence: float = 0.3
     quiet_events_per_s: float = 5_000.0
-    hold_steps: int = 3
+    hold_steps: int = 1
     switch_margin: float = 0.05
     idle_reset_s: float | None = 2.0
 

@@ -37,9 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="correct decisions in a row that count as the onset (default 1)",
     )
-    parser.add_argument("--min-confidence", type=float, help="decision threshold (default 0.5)")
-    parser.add_argument("--hold-steps", type=int, help="hysteresis steps (default 3)")
-    parser.add_argument("--smooth-ms", type=float, help="probability smoothing, ms (default 100)")
+    from smastream.stream.decision import DecisionConfig
+
+    live = DecisionConfig()  # the live defaults, shown in the help
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        help=f"decision threshold (default {live.min_confidence})",
+    )
+    parser.add_argument(
+        "--hold-steps", type=int, help=f"hysteresis steps (default {live.hold_steps})"
+    )
+    parser.add_argument(
+        "--smooth-ms", type=float, help=f"probability smoothing, ms (default {live.smooth_ms:g})"
+    )
     parser.add_argument(
         "--confusion-png", metavar="PNG", help="write the streaming confusion matrix here"
     )
