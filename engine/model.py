@@ -169,7 +169,7 @@ def paper_config(**overrides: Any) -> SMASNNConfig:
     return dataclasses.replace(SMASNNConfig(preset="paper"), **overrides)
 
 
-EDGE_WIDTH = 0.125
+EDGE_WIDTH = 0.1875
 EDGE_INPUT = 64
 
 
@@ -183,8 +183,9 @@ def edge_config(
     input the last map is 2×2 and is flattened as is (``head_pool=1``): averaging it to
     1×1 would discard where in the frame the motion is (left vs right hand).
 
-    Default (1/8 width, 64×64): 8-16-32-64-64 channels, head 256-128-11, 0.27 M
-    parameters, 49 M multiply-adds per step; see engine/README.md for measured latency.
+    Default (3/16 width, 64×64): 12-24-48-96-96 channels, head 384-192-11, 0.61 M
+    parameters, 109 M multiply-adds per step; see engine/README.md for why not 1/8 and
+    for measured latency.
     """
     paper = SMASNNConfig()
     widths = tuple(max(4, round(c * width)) for c in paper.widths)

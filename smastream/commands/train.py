@@ -26,7 +26,7 @@ from smastream.errors import SmastreamError
 
 _HELP = {
     "preset": "model preset: edge (CPU/Jetson) or paper (22.5 M params)",
-    "width": "width multiplier of the edge preset (e.g. 0.125)",
+    "width": "width multiplier of the edge preset (default 0.1875)",
     "input_size": "square input side of the edge preset (default 64)",
     "protocol": "stream (fixed time bins, state carried, 'no gesture' class) or clip (paper)",
     "data": "synthetic | dvsgesture[:ROOT] | folder of labelled recordings",

@@ -151,7 +151,7 @@ def test_state_is_named_full_shape_and_ordered() -> None:
         assert state[name].shape == (3, *shape)
         assert state[name].dtype == torch.float32
         assert not state[name].any()
-    assert state["block1_v"].shape == (3, 8, 64, 64)
+    assert state["block1_v"].shape == (3, 12, 64, 64)  # 64 channels x 3/16
     assert state["block3_sma_ring"].shape == (3, 15)
 
 
