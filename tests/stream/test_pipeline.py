@@ -366,10 +366,13 @@ def test_tegrastats_power_parsing() -> None:
     assert parse_tegrastats_power("POM_5V_IN 3000mW/3000mW") == 3000.0
 
 
-def test_replay_with_the_shipped_demo_model_draws_every_class_bar(
+def test_replay_of_the_demo_with_the_shipped_model_decides_90_percent_of_gesture_steps(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The default model (12 outputs, "no gesture" last) through the whole pipeline."""
+    """Issue 7's acceptance: the default model (12 outputs, "no gesture" last) and the default
+    decision settings through the whole pipeline, scored against ``demo_labels.csv``."""
+    import re
+
     from smastream.engine.runtime import open_runtime
     from smastream.stream.overlay import auto_scale, overlay_size
 
@@ -385,12 +388,21 @@ def test_replay_with_the_shipped_demo_model_draws_every_class_bar(
                 str(video),
                 "--predictions",
                 str(preds),
-                "--seconds",
-                "8",
             ]
         )
         == 0
     )
+    err = capsys.readouterr().err
+    score = re.search(
+        r"([\d.]+) % of steps inside gesture windows decided right; (\d+)/(\d+) gestures "
+        r"detected \(median onset to decision (\d+) ms\)",
+        err,
+    )
+    assert score, err
+    accuracy, found, total, onset_ms = (float(g) for g in score.groups())
+    assert accuracy >= 90.0
+    assert found == total == 12
+    assert onset_ms <= 500
     info = open_runtime(REPO / "engine" / "models" / "demo.onnx").info
     cap = cv2.VideoCapture(str(video))
     ok, frame = cap.read()
