@@ -56,8 +56,7 @@ class ModelInfo:
         """Raise ``ValueError`` unless ``frames`` has :attr:`window_shape`."""
         if tuple(frames.shape) != self.window_shape:
             raise ValueError(
-                f"frames must be {list(self.window_shape)} (S, 2, H, W), "
-                f"got {list(frames.shape)}"
+                f"frames must be {list(self.window_shape)} (S, 2, H, W), got {list(frames.shape)}"
             )
 
 
