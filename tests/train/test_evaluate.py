@@ -167,6 +167,18 @@ def test_checkpoint_and_onnx_give_the_same_metrics(trained: tuple[Path, Path]) -
     assert sum(map(sum, a["stream_confusion"])) == a["window_steps"] + a["idle_steps"]
 
 
+def test_export_keeps_no_path_of_the_training_machine(trained: tuple[Path, Path]) -> None:
+    ckpt, _ = trained
+    onnx_path = ckpt.parent / "model.onnx"
+    meta = json.loads(onnx_path.with_suffix(".json").read_text())
+    kept = meta["checkpoint_extra"]["train_config"]
+    assert kept["protocol"] == "stream" and kept["synth_recordings"] == 2
+    assert not {"out", "cache_dir", "device", "threads"} & set(kept)
+    tmp = str(ckpt.parent.parent)
+    assert tmp not in onnx_path.with_suffix(".json").read_text()
+    assert tmp.encode() not in onnx_path.read_bytes()
+
+
 def test_evaluate_command_json(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
