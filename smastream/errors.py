@@ -29,6 +29,10 @@ class FormatError(SmastreamError):
         self.cause = cause
         super().__init__(f"{self.path}: at byte {self.offset}: {cause}")
 
+    def __reduce__(self) -> tuple[type[FormatError], tuple[str, int, str]]:
+        # Pickled as its arguments: it crosses process boundaries (parallel preparation).
+        return (type(self), (self.path, self.offset, self.cause))
+
 
 class DependencyError(SmastreamError):
     """An optional dependency is missing; the message says what to install."""

@@ -83,7 +83,9 @@ class TrainConfig:
             ``synth_seed + 10000 + i``). The demo seeds 7 and 8 are refused.
         amp: fp16 autocast + grad scaling on CUDA (ignored on CPU).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        workers: DataLoader workers (clip protocol).
+        workers: Processes that prepare the data (synthetic recordings, preprocessing into
+            the cache) and DataLoader workers (clip protocol); 0: all in this process.
+            Preparation is serial otherwise: about 5 s per 40 s synthetic recording.
         threads: CPU threads for torch (``None``: torch's default). On a shared or small
             machine 1 is often faster than oversubscribed cores.
         max_batches: Stop each epoch after this many batches (CI-sized runs); ``None``: all.

@@ -743,21 +743,69 @@ def _preprocess_stream(
     return meta
 
 
-def _progress(items: list[Any], desc: str, enabled: bool) -> Iterable[Any]:
-    if not enabled or len(items) == 0:
+def _progress(
+    items: Iterable[Any], desc: str, enabled: bool, total: int | None = None
+) -> Iterable[Any]:
+    """``items`` with a progress bar (``total`` for an iterator without a length)."""
+    n = total if total is not None else len(items)  # type: ignore[arg-type]
+    if not enabled or n == 0:
         return items
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is in the train extra; fall back to a plain line
-        return _plain_progress(items, desc)
-    return tqdm(items, desc=desc, unit="rec", file=sys.stderr)
+        return _plain_progress(items, desc, n)
+    return tqdm(items, desc=desc, unit="rec", file=sys.stderr, total=n)
 
 
-def _plain_progress(items: list[Any], desc: str) -> Iterator[Any]:
+def _plain_progress(items: Iterable[Any], desc: str, total: int) -> Iterator[Any]:
     for k, item in enumerate(items, 1):
-        print(f"\r{desc}: {k}/{len(items)}", end="", file=sys.stderr, flush=True)
+        print(f"\r{desc}: {k}/{total}", end="", file=sys.stderr, flush=True)
         yield item
     print(file=sys.stderr)
+
+
+def in_processes(
+    fn: Any, calls: Sequence[tuple[Any, ...]], workers: int, desc: str, progress: bool
+) -> list[Any]:
+    """``[fn(*args) for args in calls]``, in up to ``workers`` fresh processes when
+    ``workers > 1`` (spawned, not forked: torch's and numba's threads do not survive a
+    fork). Results keep the order of ``calls``. The first error is raised as it is (after
+    the calls not yet started are cancelled and the running ones finish); ``fn`` must be
+    a module-level function and its arguments picklable.
+    """
+    if workers <= 1 or len(calls) <= 1:
+        return [fn(*args) for args in _progress(calls, desc, progress)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    results: list[Any] = [None] * len(calls)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(calls)), mp_context=ctx) as pool:
+        futures = {pool.submit(fn, *args): k for k, args in enumerate(calls)}
+        try:
+            for fut in _progress(as_completed(futures), desc, progress, len(calls)):
+                results[futures[fut]] = fut.result()
+        except BrokenProcessPool:
+            raise SmastreamError(
+                f"{desc}: a worker process died (out of memory?); --workers 0 prepares the "
+                "data in this process and shows what went wrong"
+            ) from None
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
+
+
+def _prepare_entry(
+    entry: Path, rec: Recording, preprocess: Any, cfg: Any, chunk_events: int
+) -> dict[str, Any]:
+    if entry.exists():  # an old, incomplete or outdated entry under the final name
+        shutil.rmtree(entry)
+    with _atomic_dir(entry) as tmp:
+        meta: dict[str, Any] = preprocess(rec, cfg, tmp, chunk_events)
+    return meta
 
 
 def _build_cache(
@@ -770,6 +818,7 @@ def _build_cache(
     progress: bool,
     report: DatasetReport,
     chunk_events: int,
+    workers: int = 0,
 ) -> list[tuple[Path, dict[str, Any]]]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
@@ -782,12 +831,15 @@ def _build_cache(
     todo = [k for k, m in enumerate(metas) if m is None]
     report.cache_hits += len(recordings) - len(todo)
     report.cache_misses += len(todo)
-    for k in _progress(todo, f"preprocessing ({protocol})", progress):
-        entry = entries[k]
-        if entry.exists():  # an old, incomplete or outdated entry under the final name
-            shutil.rmtree(entry)
-        with _atomic_dir(entry) as tmp:
-            metas[k] = preprocess(recordings[k], cfg, tmp, chunk_events)
+    done = in_processes(
+        _prepare_entry,
+        [(entries[k], recordings[k], preprocess, cfg, chunk_events) for k in todo],
+        workers,
+        f"preprocessing ({protocol})",
+        progress,
+    )
+    for k, meta in zip(todo, done, strict=True):
+        metas[k] = meta
     out = []
     for rec, entry, meta in zip(recordings, entries, metas, strict=True):
         assert meta is not None
@@ -839,6 +891,8 @@ class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
         progress: Show progress while preprocessing.
         chunk_events: Events per packet read while preprocessing (bounds memory; does
             not change the result).
+        workers: Preprocess the recordings missing from the cache in this many
+            processes (0 or 1: in this one). Does not change the result.
 
     Attributes:
         report: :class:`DatasetReport`.
@@ -858,6 +912,7 @@ class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
         *,
         progress: bool = True,
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        workers: int = 0,
     ) -> None:
         self.recordings = list(recordings)
         self.config = config if config is not None else ClipConfig()
@@ -872,6 +927,7 @@ class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
             progress,
             self.report,
             chunk_events,
+            workers,
         )
         self.index: list[tuple[int, int]] = []
         self.windows: list[GestureWindow] = []
@@ -933,6 +989,8 @@ class StreamDataset(Dataset[StreamChunk]):
         progress: Show progress while preprocessing.
         chunk_events: Events per packet read while preprocessing (bounds memory; does
             not change the result).
+        workers: Preprocess the recordings missing from the cache in this many
+            processes (0 or 1: in this one). Does not change the result.
 
     Attributes:
         report: :class:`DatasetReport`.
@@ -950,6 +1008,7 @@ class StreamDataset(Dataset[StreamChunk]):
         *,
         progress: bool = True,
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        workers: int = 0,
     ) -> None:
         self.recordings = list(recordings)
         self.config = config if config is not None else StreamConfig()
@@ -964,6 +1023,7 @@ class StreamDataset(Dataset[StreamChunk]):
             progress,
             self.report,
             chunk_events,
+            workers,
         )
         s = self.config.chunk_steps
         self.bins_per_recording = [int(m["shape"][0]) for _, m in built]
@@ -1154,6 +1214,7 @@ def make_synthetic_recordings(
     format: str = "aedat4",
     packet_us: int = 10_000,
     progress: bool = False,
+    workers: int = 0,
     **synth_options: Any,
 ) -> list[Recording]:
     """Write labelled synthetic recordings (one per seed) through the file writers.
@@ -1172,6 +1233,7 @@ def make_synthetic_recordings(
         format: ``"aedat4"`` or ``"aedat3.1"``.
         packet_us: Packet length used while writing (does not change the events).
         progress: Show progress.
+        workers: Generate in this many processes (0 or 1: in this one).
         **synth_options: Other :class:`~smastream.stream.synthetic.SynthConfig` fields.
 
     Returns:
@@ -1180,7 +1242,7 @@ def make_synthetic_recordings(
     Raises:
         ValueError: a demo seed, a repeated seed, or a bad option (quoting it).
     """
-    from smastream.stream.synthetic import DEMO_SEEDS, SynthConfig, SyntheticGestures
+    from smastream.stream.synthetic import DEMO_SEEDS, SynthConfig
 
     seeds = [int(s) for s in seeds]
     bad = sorted(set(seeds) & set(DEMO_SEEDS))
@@ -1197,25 +1259,35 @@ def make_synthetic_recordings(
     size = resolve_sensor_size(tuple(sensor) if isinstance(sensor, list) else sensor)
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    out = []
-    for seed in _progress(seeds, "synthesising", progress):
+    out, todo = [], []
+    for seed in seeds:
         cfg = SynthConfig(sensor_size=size, seconds=seconds, seed=seed, **synth_options)
         tag = hashlib.sha256(repr((cfg, format)).encode()).hexdigest()[:8]
         path = root / f"synth-seed{seed}-{tag}{ext}"
-        labels = labels_path_for(path)
-        rec = Recording(path, labels)
+        rec = Recording(path, labels_path_for(path))
         out.append(rec)
-        if path.is_file() and labels.is_file():
-            continue
-        gen = SyntheticGestures(cfg)
-        tmp = path.with_name(f".{path.stem}.part{ext}")
-        try:
-            with open_writer(tmp, size, format=format) as writer:
-                for packet in gen.packets(packet_us):
-                    writer.write(packet)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        write_labels(labels, gen.labels)
+        if not (path.is_file() and rec.labels.is_file()):
+            todo.append((rec, cfg, size, format, packet_us))
+    in_processes(_write_synthetic, todo, workers, "synthesising", progress)
     return out
+
+
+def _write_synthetic(
+    rec: Recording, cfg: Any, size: tuple[int, int], format: str, packet_us: int
+) -> None:
+    """One synthetic recording: events under a temporary name, renamed when complete, then
+    the labels (a crash in between leaves an unlabelled file, which scans report)."""
+    from smastream.stream.synthetic import SyntheticGestures
+
+    path = rec.events
+    gen = SyntheticGestures(cfg)
+    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    try:
+        with open_writer(tmp, size, format=format) as writer:
+            for packet in gen.packets(packet_us):
+                writer.write(packet)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    write_labels(rec.labels, gen.labels)

@@ -227,16 +227,27 @@ def synthetic_profile(seed: int) -> dict[str, Any]:
 
 
 def _synthetic(
-    folder: Path, seeds: Sequence[int], seconds: float, progress: bool
+    folder: Path, seeds: Sequence[int], seconds: float, progress: bool, workers: int = 0
 ) -> list[Recording]:
-    out: list[Recording] = []
-    for seed in seeds:
-        out += make_synthetic_recordings(
-            folder, [seed], seconds, "dvs128", progress=False, **synthetic_profile(seed)
+    """The synthetic recordings of ``seeds`` (generated where missing), in seed order."""
+    groups: dict[str, list[int]] = {}
+    for seed in seeds:  # one call per generator profile, so that one pool does a group
+        groups.setdefault(repr(sorted(synthetic_profile(seed).items())), []).append(seed)
+    by_seed: dict[int, Recording] = {}
+    for group in groups.values():
+        recs = make_synthetic_recordings(
+            folder,
+            group,
+            seconds,
+            "dvs128",
+            progress=progress,
+            workers=workers,
+            **synthetic_profile(group[0]),
         )
+        by_seed.update(zip(group, recs, strict=True))
     if progress:
-        print(f"synthetic recordings: {len(out)} in {folder}", file=sys.stderr)
-    return out
+        print(f"synthetic recordings: {len(seeds)} in {folder}", file=sys.stderr)
+    return [by_seed[s] for s in seeds]
 
 
 def _sensor_of(rec: Recording) -> tuple[int, int]:
@@ -265,7 +276,7 @@ def load_data(
         seeds = [cfg.synth_seed + i for i in range(cfg.synth_recordings)]
         vseeds = [cfg.synth_seed + VAL_SEED_OFFSET + i for i in range(cfg.synth_val_recordings)]
         if rank == 0:
-            _synthetic(folder, seeds + vseeds, cfg.synth_seconds, cfg.progress)
+            _synthetic(folder, seeds + vseeds, cfg.synth_seconds, cfg.progress, cfg.workers)
         _barrier()
         train_recs = _synthetic(folder, seeds, cfg.synth_seconds, False)
         val_recs = _synthetic(folder, vseeds, cfg.synth_seconds, False)
@@ -726,9 +737,13 @@ def train(
         scfg = StreamConfig(
             bin_us=cfg.bin_us, chunk_steps=cfg.chunk_steps, sensor_size=sensor, **geo
         )
-        train_stream = StreamDataset(train_recs, cache, scfg, progress=progress)
+        train_stream = StreamDataset(
+            train_recs, cache, scfg, progress=progress, workers=cfg.workers
+        )
         if val_recs:
-            val_stream = StreamDataset(val_recs, cache, scfg, progress=progress)
+            val_stream = StreamDataset(
+                val_recs, cache, scfg, progress=progress, workers=cfg.workers
+            )
         batcher = StreamBatcher(
             train_stream,
             cfg.batch_size,
@@ -740,9 +755,9 @@ def train(
         per_epoch = len(batcher)
     else:
         ccfg = ClipConfig(n_frames=cfg.n_frames, sensor_size=sensor, **geo)
-        train_clip = ClipDataset(train_recs, cache, ccfg, progress=progress)
+        train_clip = ClipDataset(train_recs, cache, ccfg, progress=progress, workers=cfg.workers)
         if val_recs:
-            val_clip = ClipDataset(val_recs, cache, ccfg, progress=progress)
+            val_clip = ClipDataset(val_recs, cache, ccfg, progress=progress, workers=cfg.workers)
         per_epoch = -(-len(train_clip) // (cfg.batch_size * dist_.world))
     per_epoch = int(_all_reduce([per_epoch], device, "min")[0])
     if cfg.max_batches is not None:

@@ -52,7 +52,7 @@ _HELP = {
     "synth_seconds": "synthetic: seconds per recording",
     "synth_seed": "synthetic: first seed (7 and 8 are the demo's and refused)",
     "device": "auto | cpu | cuda | cuda:N",
-    "workers": "DataLoader workers (clip protocol)",
+    "workers": "processes preparing the data (and DataLoader workers, clip protocol)",
     "threads": "torch CPU threads (1 is often fastest on a busy machine)",
     "max_batches": "stop each epoch after N batches (quick checks)",
     "backend": "export at the end: onnx | tensorrt | none",

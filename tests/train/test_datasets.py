@@ -278,6 +278,43 @@ def test_interrupted_cache_write_leaves_no_complete_entry(layout, tmp_path):
     assert entries(cache) == []
 
 
+def test_preparation_in_processes_equals_preparation_in_one(layout, tmp_path):
+    cfg = StreamConfig(bin_us=9_000, chunk_steps=4)
+    serial = StreamDataset(layout, tmp_path / "one", cfg, progress=False)
+    parallel = StreamDataset(layout, tmp_path / "two", cfg, progress=False, workers=2)
+    assert parallel.report.cache_misses == 2 and len(parallel) == len(serial)
+    for i in range(len(serial)):
+        np.testing.assert_array_equal(parallel[i].frames.numpy(), serial[i].frames.numpy())
+        np.testing.assert_array_equal(parallel[i].targets.numpy(), serial[i].targets.numpy())
+    clips = ClipDataset(layout, tmp_path / "two", ClipConfig(n_frames=4), progress=False,
+                        workers=2)  # fmt: skip
+    ref = ClipDataset(layout, tmp_path / "one", ClipConfig(n_frames=4), progress=False)
+    assert clips.labels.tolist() == ref.labels.tolist()
+    np.testing.assert_array_equal(clips[len(clips) - 1][0].numpy(), ref[len(ref) - 1][0].numpy())
+    opts = {"gesture_s": (0.4, 0.6), "gap_s": (0.2, 0.3), "format": "aedat3.1"}
+    one = make_synthetic_recordings(tmp_path / "s1", [3, 4, 5], 1.5, (24, 24), **opts)
+    many = make_synthetic_recordings(tmp_path / "s2", [3, 4, 5], 1.5, (24, 24), workers=3, **opts)
+    for a, b in zip(one, many, strict=True):
+        assert a.events.name == b.events.name
+        np.testing.assert_array_equal(read_all(a.events), read_all(b.events))  # header: a date
+        assert a.labels.read_text() == b.labels.read_text()
+
+
+def test_an_error_in_a_preparing_process_names_the_file(layout, tmp_path):
+    cache = tmp_path / "cache"
+    data = layout[0].events.read_bytes()
+    layout[0].events.write_bytes(data[: len(data) * 2 // 3 + 5])
+    with pytest.raises(FormatError) as err:
+        StreamDataset(layout, cache, StreamConfig(bin_us=5_000), progress=False,
+                      chunk_events=300, workers=2)  # fmt: skip
+    assert "a.aedat" in str(err.value) and "\n" not in str(err.value)
+    assert err.value.path == str(layout[0].events) and err.value.offset > 0
+    assert not [n for n in entries(cache) if n.startswith(("a-", "."))]  # nothing half-made
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is FormatError
+    assert (str(again), again.offset) == (str(err.value), err.value.offset)
+
+
 def test_leftovers_of_a_killed_run_are_never_used(layout, tmp_path):
     cache = tmp_path / "cache"
     ds = StreamDataset(layout[:1], cache, StreamConfig(bin_us=5_000), progress=False)
