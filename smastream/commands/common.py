@@ -120,9 +120,49 @@ def open_runtime_from_args(args: argparse.Namespace) -> Any:
     return open_runtime(model, backend=args.backend, **options)
 
 
+_DECISION_FLAGS: dict[str, tuple[Any, str]] = {
+    "min_confidence": (float, "smoothed probability a gesture needs"),
+    "hold_steps": (positive_int, "steps a new label must win before it shows"),
+    "smooth_ms": (float, "probability smoothing time constant, ms"),
+    "switch_margin": (float, "lead a new gesture needs over the shown one"),
+}
+
+
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decision layer's settings (defaults: :class:`DecisionConfig`'s, shown in help)."""
+    from smastream.stream.decision import DecisionConfig
+
+    live = DecisionConfig()
+    for name, (kind, text) in _DECISION_FLAGS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            help=f"{text} (default {getattr(live, name):g})",
+        )
+
+
+def decision_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`DecisionConfig` of the defaults and the flags given.
+
+    Raises:
+        SmastreamError: a value out of range (one line).
+    """
+    import dataclasses
+
+    from smastream.errors import SmastreamError
+    from smastream.stream.decision import DecisionConfig
+
+    given = {k: getattr(args, k) for k in _DECISION_FLAGS if getattr(args, k, None) is not None}
+    try:
+        return dataclasses.replace(DecisionConfig(), **given)
+    except ValueError as exc:
+        raise SmastreamError(str(exc)) from None
+
+
 def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``live``, ``replay`` and ``infer`` share."""
     add_model_arguments(parser)
+    add_decision_arguments(parser)
     parser.add_argument(
         "--bin-ms", type=positive_float, help="bin width in ms (default: the model's)"
     )
@@ -177,6 +217,7 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
     recorder = None
     display = None
     source = None
+    decision = decision_config_from_args(args)
     runtime = open_runtime_from_args(args)
     info = runtime.info
     try:
@@ -199,6 +240,7 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
             candidate = labels_path_for(source.path)
             labels = candidate if candidate.exists() else None
         config = PipelineConfig(
+            decision=decision,
             keep_decisions=labels is not None,
             lossless=lossless or args.lossless,
             predictions=args.predictions,

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from smastream.commands.common import add_decision_arguments, decision_config_from_args
 from smastream.errors import SmastreamError
 
 
@@ -37,45 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="correct decisions in a row that count as the onset (default 1)",
     )
-    from smastream.stream.decision import DecisionConfig
-
-    live = DecisionConfig()  # the live defaults, shown in the help
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        help=f"decision threshold (default {live.min_confidence})",
-    )
-    parser.add_argument(
-        "--hold-steps", type=int, help=f"hysteresis steps (default {live.hold_steps})"
-    )
-    parser.add_argument(
-        "--smooth-ms", type=float, help=f"probability smoothing, ms (default {live.smooth_ms:g})"
-    )
+    add_decision_arguments(parser)
     parser.add_argument(
         "--confusion-png", metavar="PNG", help="write the streaming confusion matrix here"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from smastream.stream.decision import DecisionConfig
-
     try:
         from smastream.train.evaluate import EvalOptions, evaluate, format_table
     except ImportError as exc:
         raise SmastreamError(f"evaluation needs the train extra ({exc})") from None
-    overrides = {
-        k: v
-        for k, v in (
-            ("min_confidence", args.min_confidence),
-            ("hold_steps", args.hold_steps),
-            ("smooth_ms", args.smooth_ms),
-        )
-        if v is not None
-    }
+    decision = decision_config_from_args(args)
     try:
-        decision = dataclasses.replace(DecisionConfig(), **overrides)
         opts = EvalOptions(
             decision=decision,
             stable_steps=args.stable_steps,

@@ -412,3 +412,32 @@ def test_replay_of_the_demo_with_the_shipped_model_decides_90_percent_of_gesture
     records = _lines(preds)
     assert records and all(r["name"] in (*info.class_names, "no gesture") for r in records)
     assert all(r["label"] is None or r["label"] < 11 for r in records)
+
+
+def test_decision_flags_reach_the_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No smoothing, no hold, no threshold, no margin: the shown label is the raw argmax."""
+    raw, smoothed = tmp_path / "raw.jsonl", tmp_path / "smoothed.jsonl"
+    common = ["replay", str(DEMO), "--as-fast-as-possible", "--no-display", "--seconds", "8"]
+    flags = [
+        "--smooth-ms",
+        "0",
+        "--hold-steps",
+        "1",
+        "--min-confidence",
+        "0",
+        "--switch-margin",
+        "0",
+    ]
+    assert main([*common, *flags, "--predictions", str(raw)]) == 0
+    assert main([*common, "--predictions", str(smoothed)]) == 0
+    records = [r for r in _lines(raw) if not r["quiet"]]
+    assert len(records) > 40
+    assert all(r["label"] == (None if r["raw_label"] == 11 else r["raw_label"]) for r in records)
+    default = [r for r in _lines(smoothed) if not r["quiet"]]
+    assert any(r["label"] != (None if r["raw_label"] == 11 else r["raw_label"]) for r in default)
+    capsys.readouterr()
+    assert main([*common, "--min-confidence", "1.5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "min_confidence=1.5" in err and "\n" not in err
