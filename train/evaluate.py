@@ -488,11 +488,11 @@ class EvalOptions:
 def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     from .config import parse_data_spec
     from .datasets import Recording, check_label_span, find_labelled_recordings
-    from .loop import VAL_SEED_OFFSET, _synthetic
+    from .loop import SYNTH_TEST_SEEDS, _synthetic
 
     kind, root = parse_data_spec(data)
     if kind == "synthetic":
-        return _synthetic(cache_dir / "synthetic", [1000 + VAL_SEED_OFFSET], 40.0, False)
+        return _synthetic(cache_dir / "synthetic", SYNTH_TEST_SEEDS, 40.0, False)
     if kind == "dvsgesture":
         from .dvsgesture import dvsgesture_recordings, prepare_dvsgesture
 
@@ -521,8 +521,9 @@ def evaluate(
 
     Args:
         model_path: ``.pt`` checkpoint or ``.onnx`` export.
-        data: A labelled recording file, a folder of them, ``synthetic`` (a held-out
-            synthetic recording) or ``dvsgesture[:ROOT]`` (the test split).
+        data: A labelled recording file, a folder of them, ``synthetic`` (two held-out
+            synthetic recordings, :data:`~smastream.train.loop.SYNTH_TEST_SEEDS`) or
+            ``dvsgesture[:ROOT]`` (the test split).
         options: :class:`EvalOptions`.
 
     Returns:

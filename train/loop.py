@@ -112,6 +112,9 @@ NO_GESTURE_NAME = "no gesture"
 
 SYNTH_SENSOR = (128, 128)
 VAL_SEED_OFFSET = 10_000
+SYNTH_TEST_SEEDS = (21_000, 21_001)
+"""Seeds of ``evaluate --data synthetic``: outside the default training (1000 + i) and
+validation (11000 + i) ranges, one of each generator profile."""
 
 
 # --------------------------------------------------------------------------- pure helpers

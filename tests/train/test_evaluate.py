@@ -232,3 +232,17 @@ def test_shipped_demo_model_meets_its_targets_on_the_held_out_demo_recording() -
     assert out["stream_accuracy"] >= 0.90
     assert out["onset_to_decision_ms_p50"] <= 500
     assert out["decision"] == vars(DecisionConfig())  # the live defaults
+
+
+def test_synthetic_evaluation_data_is_in_no_training_or_validation_range(tmp_path: Path) -> None:
+    from smastream.stream.synthetic import DEMO_SEEDS
+    from smastream.train.evaluate import _recordings_for
+    from smastream.train.loop import SYNTH_TEST_SEEDS, VAL_SEED_OFFSET
+
+    cfg = TrainConfig()
+    train_seeds = range(cfg.synth_seed, cfg.synth_seed + 10_000)  # any --synth-recordings
+    val_seeds = range(cfg.synth_seed + VAL_SEED_OFFSET, cfg.synth_seed + VAL_SEED_OFFSET + 100)
+    assert not set(SYNTH_TEST_SEEDS) & (set(train_seeds) | set(val_seeds) | set(DEMO_SEEDS))
+    recs = _recordings_for("synthetic", tmp_path)
+    assert [r.events.name.split("-")[1] for r in recs] == [f"seed{s}" for s in SYNTH_TEST_SEEDS]
+    assert all(r.labels.is_file() for r in recs)
