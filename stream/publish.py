@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from smastream.stream.formats.base import EventWriter
 from smastream.stream.sources import EventSource
 from smastream.stream.transport import Publisher
-from smastream.stream.wire import PacketFlags
+from smastream.stream.wire import T_LIMIT_US, PacketFlags
 
 
 @dataclass
@@ -28,6 +28,8 @@ class PublishStats:
     events: int = 0
     recorded: int = 0
     send_timeouts: int = 0
+    unsendable: int = 0
+    """Packets whose timestamps lie beyond the wire's ±2**53 µs (recorded, not sent)."""
     seconds: float = 0.0
 
     @property
@@ -75,10 +77,13 @@ def publish(
         # can close bins in quiet periods (see SourcePacket.t_end_us)
         t_first = int(ev["t"][0]) if len(ev) else packet.t_end_us - 1
         t_range = (t_first, packet.t_end_us - 1)
-        try:
-            publisher.send(ev, flags=flags, t_range_us=t_range)
-        except TimeoutError:
-            stats.send_timeouts += 1
+        if not -T_LIMIT_US <= t_range[0] <= t_range[1] <= T_LIMIT_US:
+            stats.unsendable += 1  # subscribers would drop it as malformed
+        else:
+            try:
+                publisher.send(ev, flags=flags, t_range_us=t_range)
+            except TimeoutError:
+                stats.send_timeouts += 1
         stats.packets += 1
         stats.events += len(ev)
         now = time.monotonic()

@@ -294,7 +294,9 @@ class CameraSource:
                 time.sleep(0.001)
                 continue
             events = as_events(batch.numpy())
-            last_t = max(last_t, int(events["t"][-1]) + 1)
+            # after a reconnect the camera's clock may start again: not max-clamped
+            t_next = int(events["t"][-1]) + 1
+            last_t = t_next if discontinuity else max(last_t, t_next)
             yield SourcePacket(events, self.sensor_size, last_t, discontinuity)
             discontinuity = False
 
@@ -420,7 +422,13 @@ class SubscriberSource:
                 header = packet.header
                 if header.end_of_stream:
                     return
-                t_end = max(t_end, header.t_last_us + 1)
+                # a discontinuity (publisher restart, time going back) starts the time
+                # base afresh: never max-clamped, or every event after it would be late
+                t_end = (
+                    header.t_last_us + 1
+                    if header.discontinuity
+                    else max(t_end, header.t_last_us + 1)
+                )
                 yield SourcePacket(packet.events, self.sensor_size, t_end, header.discontinuity)
             packet = self._sub.recv(timeout_s=self.idle_s)
 

@@ -463,6 +463,12 @@ class StreamState(NamedTuple):
     t_last_us: int
 
 
+MAX_SEQ_GAP = 1 << 24
+"""A forward jump of the sequence number by more than this (about 23 h of 5 ms packets)
+is not counted as loss: the stream was renumbered (a hostile or broken sender, or a
+publisher restarted between two packets we saw), so it is treated as a restart."""
+
+
 class SequenceCheck(NamedTuple):
     """Result of :func:`sequence_step`."""
 
@@ -470,28 +476,37 @@ class SequenceCheck(NamedTuple):
     lost: int
     """Packets missing between the previous one and this one."""
     late: bool
-    """This packet starts before the stream's latest time (and is not a discontinuity)."""
+    """This packet starts before the stream's latest time: the time base went back."""
     restart: bool
-    """The sequence number went back: the publisher restarted (state reset)."""
+    """The sequence number went back (the publisher restarted) or jumped forward by more
+    than :data:`MAX_SEQ_GAP`."""
+    discontinuity: bool = False
+    """Consumers must reset here: the packet is flagged ``DISCONTINUITY``, or it is a
+    restart, or it is late (time went back). Every stage that keeps time (binner,
+    engine, decision, recorder) starts afresh from this packet."""
 
 
 def sequence_step(state: StreamState | None, header: PacketHeader) -> SequenceCheck:
     """Check one packet's sequence number and timestamps against its stream's state.
 
     The first packet of a stream (``state is None``) counts no loss: a subscriber that
-    joins late has missed nothing it could expect. A packet flagged ``DISCONTINUITY`` or
-    a restart resets the time reference.
+    joins late has missed nothing it could expect. A packet flagged ``DISCONTINUITY``, a
+    restart (sequence number back, or forward by more than :data:`MAX_SEQ_GAP`) or a
+    backward jump of the time base resets the time reference to this packet's
+    ``t_last_us`` — never the maximum seen, so that a restarted publisher's events are
+    not all "late" — and is reported as a discontinuity.
     """
+    fresh = StreamState(header.seq + 1, header.t_last_us)
     if state is None:
-        return SequenceCheck(StreamState(header.seq + 1, header.t_last_us), 0, False, False)
-    if header.seq < state.next_seq:
-        return SequenceCheck(StreamState(header.seq + 1, header.t_last_us), 0, False, True)
+        return SequenceCheck(fresh, 0, False, False, header.discontinuity)
+    if header.seq < state.next_seq or header.seq - state.next_seq > MAX_SEQ_GAP:
+        return SequenceCheck(fresh, 0, False, True, True)
     lost = header.seq - state.next_seq
     if header.discontinuity:
-        return SequenceCheck(StreamState(header.seq + 1, header.t_last_us), lost, False, False)
-    late = header.t_first_us < state.t_last_us
-    t_last = max(state.t_last_us, header.t_last_us)
-    return SequenceCheck(StreamState(header.seq + 1, t_last), lost, late, False)
+        return SequenceCheck(fresh, lost, False, False, True)
+    if header.t_first_us < state.t_last_us:
+        return SequenceCheck(fresh, lost, True, False, True)
+    return SequenceCheck(fresh, lost, False, False, False)
 
 
 @dataclass(frozen=True)
@@ -509,9 +524,12 @@ class SubscriberStats:
         dropped_events: Events in those packets.
         malformed: Messages that were not valid packets (dropped).
         malformed_reasons: ``malformed`` by :attr:`MalformedPacket.reason`.
-        late: Packets whose first timestamp is before the stream's latest (kept).
-        discontinuities: Packets flagged ``DISCONTINUITY``.
-        restarts: Streams whose sequence number went back (publisher restarted).
+        late: Packets whose first timestamp is before the stream's latest: the time
+            base went back (kept, passed on as a discontinuity).
+        discontinuities: Packets passed on as discontinuities: flagged
+            ``DISCONTINUITY`` by the sender, restarts and late packets.
+        restarts: Sequence numbers that went back (publisher restarted) or jumped
+            forward by more than :data:`MAX_SEQ_GAP`.
         ends: END_OF_STREAM packets.
         streams: Stream ids seen.
     """
@@ -534,7 +552,8 @@ class SubscriberStats:
         text = (
             f"{self.received} packets ({self.events} events) received, {self.lost} lost, "
             f"{self.dropped_oldest} dropped as stale, {self.malformed} malformed, "
-            f"{self.late} late, {self.discontinuities} discontinuities"
+            f"{self.late} late, {self.restarts} restarts, "
+            f"{self.discontinuities} discontinuities"
         )
         if self.malformed_reasons:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in self.malformed_reasons.items()) + ")"
@@ -698,7 +717,11 @@ class Subscriber:
                 n["lost"] += check.lost
                 n["late"] += check.late
                 n["restarts"] += check.restart
-                n["discontinuities"] += header.discontinuity
+                n["discontinuities"] += check.discontinuity
+                if check.discontinuity and not header.discontinuity:
+                    # a restart or a backward time jump: consumers see it as the flag
+                    header = header._replace(flags=header.flags | PacketFlags.DISCONTINUITY)
+                    packet = packet._replace(header=header)
                 n["ends"] += header.end_of_stream
                 if len(self._buffer) >= self.buffer_packets:
                     old = self._buffer.popleft()

@@ -61,6 +61,12 @@ EVENT_SIZE = EVENT_DTYPE.itemsize
 MAX_COUNT = 0xFFFFFFFF
 """The largest event count one packet can carry (the ``n_events`` field is u4)."""
 
+T_LIMIT_US = 1 << 53
+"""Timestamps beyond ``±T_LIMIT_US`` (about 285 years of µs) are malformed: no sensor
+clock gets there (dv-processing counts µs since the Unix epoch, about 1.8e15 in 2026),
+and a value such as ``2**62`` or ``2**63 - 1`` would overflow the binner's edge
+arithmetic or end every later window for good."""
+
 
 class MessageKind(enum.IntEnum):
     """What a message carries (header byte 5)."""
@@ -174,8 +180,8 @@ class PacketHeader(NamedTuple):
         _check_range("width", w, 1, 0xFFFF)
         _check_range("height", h, 1, 0xFFFF)
         _check_range("n_events", self.n_events, 0, MAX_COUNT)
-        _check_range("t_first_us", self.t_first_us, -(1 << 63), (1 << 63) - 1)
-        _check_range("t_last_us", self.t_last_us, self.t_first_us, (1 << 63) - 1)
+        _check_range("t_first_us", self.t_first_us, -T_LIMIT_US, T_LIMIT_US)
+        _check_range("t_last_us", self.t_last_us, self.t_first_us, T_LIMIT_US)
         _check_range("send_time_ns", self.send_time_ns, -(1 << 63), (1 << 63) - 1)
         if int(self.flags) & ~int(KNOWN_FLAGS):
             raise ValueError(f"unknown flag bits {int(self.flags):#x}: valid {KNOWN_FLAGS!r}")
@@ -227,6 +233,11 @@ class PacketHeader(NamedTuple):
             raise MalformedPacket("sensor size", f"sensor size {w}x{h}")
         if t_last < t_first:
             raise MalformedPacket("timestamps", f"t_last_us {t_last} < t_first_us {t_first}")
+        if not (-T_LIMIT_US <= t_first and t_last <= T_LIMIT_US):
+            raise MalformedPacket(
+                "timestamps",
+                f"time span {t_first}..{t_last} us is outside ±{T_LIMIT_US} (2**53) us",
+            )
         return cls(
             stream_id,
             seq,
@@ -330,12 +341,19 @@ def decode_packet(frames: Sequence[Any]) -> tuple[PacketHeader, Events]:
 
     Raises:
         MalformedPacket: not two frames, bad header (see :meth:`PacketHeader.unpack`),
-            payload length ``!= n_events * 13``, or a first/last event timestamp outside the
-            header's ``t_first_us..t_last_us``.
+            not an event packet (kind 2 is reserved for predictions), payload length
+            ``!= n_events * 13``, a first/last event timestamp outside the header's
+            ``t_first_us..t_last_us``, or events not sorted by ``t``.
     """
     if len(frames) != 2:
         raise MalformedPacket("frames", f"{len(frames)} frames, an event packet has 2")
     header = PacketHeader.unpack(frames[0])
+    if header.kind != MessageKind.EVENTS:
+        raise MalformedPacket(
+            "kind",
+            f"message kind {int(header.kind)} ({header.kind.name}) is reserved, "
+            f"not an event packet (kind {int(MessageKind.EVENTS)})",
+        )
     payload = memoryview(frames[1])
     if payload.format != "B":
         payload = payload.cast("B")
@@ -355,6 +373,10 @@ def decode_packet(frames: Sequence[Any]) -> tuple[PacketHeader, Events]:
                 f"{header.t_first_us}..{header.t_last_us}",
             )
     events = np.frombuffer(payload, dtype=EVENT_DTYPE)
+    if header.n_events > 1:
+        t = events["t"]
+        if bool((t[1:] < t[:-1]).any()):
+            raise MalformedPacket("timestamps", "events are not sorted by t")
     if events.flags.writeable:
         events.flags.writeable = False
     return header, events

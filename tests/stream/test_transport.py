@@ -24,6 +24,7 @@ from smastream.commands import keys as keys_command
 from smastream.errors import SmastreamError
 from smastream.stream.events import EVENT_DTYPE, Events
 from smastream.stream.transport import (
+    MAX_SEQ_GAP,
     EndpointError,
     Packet,
     Publisher,
@@ -99,8 +100,8 @@ def wait_subscribed(sock: zmq.Socket[Any]) -> None:
     seq=st.integers(0, 2**64 - 1),
     w=st.integers(1, 65535),
     h=st.integers(1, 65535),
-    t0=st.integers(-(2**62), 2**62),
-    dt=st.integers(0, 2**62),
+    t0=st.integers(-(2**53), 2**52),
+    dt=st.integers(0, 2**52),
     count=st.integers(0, 2**32 - 1),
     flags=st.sampled_from(list(PacketFlags)),
     sent=st.integers(0, 2**63 - 1),
@@ -133,6 +134,8 @@ def test_header_layout_is_little_endian_at_fixed_offsets():
         ("sensor_size", (0, 10)),
         ("sensor_size", (10, 65536)),
         ("t_last_us", -5),
+        ("t_last_us", 2**53 + 1),
+        ("t_first_us", -(2**53) - 1),
     ],
 )
 def test_pack_rejects_values_that_do_not_fit(field, value):
@@ -203,6 +206,7 @@ def _bad_messages(events: Events) -> list[tuple[str, list[bytes]]]:
         ("magic", [b"NOPE" + good[4:], payload]),
         ("version", [patched(4, "<B", 2), payload]),
         ("kind", [patched(5, "<B", 9), payload]),
+        ("kind", [patched(5, "<B", int(MessageKind.PREDICTIONS)), payload]),
         ("flags", [patched(6, "<H", 0x80), payload]),
         ("sensor size", [patched(48, "<H", 0), payload]),
         ("payload size", [good, payload[:-13]]),
@@ -210,7 +214,18 @@ def _bad_messages(events: Events) -> list[tuple[str, list[bytes]]]:
         ("payload size", [patched(12, "<I", len(events) + 1), payload]),
         ("timestamps", [patched(24, "<q", int(events["t"][0]) + 1), payload]),
         ("timestamps", [patched(32, "<q", int(events["t"][0]) - 1), payload]),
+        ("timestamps", [patched(32, "<q", 2**63 - 1), payload]),
+        ("timestamps", [patched(24, "<q", -(2**63)), payload]),
+        ("timestamps", [good, _swapped(events).tobytes()]),
     ]
+
+
+def _swapped(events: Events) -> Events:
+    """The events with the 2nd and 3rd swapped: first and last unchanged, not sorted."""
+    out = events.copy()
+    out[[1, 2]] = out[[2, 1]]
+    assert out["t"][1] > out["t"][2]
+    return out
 
 
 def test_decode_rejects_each_malformation_with_its_reason(rng):
@@ -227,15 +242,26 @@ def test_sequence_step_counts_gaps_late_and_restarts():
         return PacketHeader(1, seq, (8, 8), t0, t1, 0, flags)
 
     first = sequence_step(None, h(40, 0, 10))  # joining late is not a loss
-    assert first == (StreamState(41, 10), 0, False, False)
+    assert first == (StreamState(41, 10), 0, False, False, False)
     gap = sequence_step(first.state, h(44, 10, 20))
-    assert (gap.lost, gap.late) == (3, False)
+    assert (gap.lost, gap.late, gap.discontinuity) == (3, False, False)
+    # time goes back: late, and a discontinuity whose time base is this packet's
     late = sequence_step(gap.state, h(45, 15, 30))
-    assert (late.lost, late.late) == (0, True)
-    jump = sequence_step(late.state, h(46, 0, 5, PacketFlags.DISCONTINUITY))
-    assert (jump.late, jump.state.t_last_us) == (False, 5)
+    assert (late.lost, late.late, late.discontinuity) == (0, True, True)
+    back = sequence_step(late.state, h(46, 0, 5))
+    assert (back.late, back.discontinuity, back.state.t_last_us) == (True, True, 5)
+    jump = sequence_step(back.state, h(47, 0, 5, PacketFlags.DISCONTINUITY))
+    assert (jump.late, jump.discontinuity, jump.state.t_last_us) == (False, True, 5)
     restart = sequence_step(jump.state, h(0, 0, 1))
     assert restart.restart and restart.lost == 0 and restart.state.next_seq == 1
+    assert restart.discontinuity and restart.state.t_last_us == 1
+    # a renumbered stream (seq 2**64-1) is a restart, not 2**64 lost packets
+    huge = sequence_step(restart.state, h(2**64 - 1, 2, 3))
+    assert (huge.restart, huge.lost, huge.discontinuity) == (True, 0, True)
+    after = sequence_step(huge.state, h(5, 4, 6))
+    assert (after.restart, after.lost) == (True, 0)
+    near = sequence_step(after.state, h(6 + MAX_SEQ_GAP, 7, 8))
+    assert (near.restart, near.lost) == (False, MAX_SEQ_GAP)
 
 
 # ------------------------------------------------------------------------------ endpoints
@@ -334,15 +360,15 @@ def test_fan_out_to_two_subscribers_and_flags(rng):
         assert pub.wait_for_subscribers(2, TIMEOUT_S)
         assert pub.subscribers == 2
         pub.send(b)
-        pub.send(a)  # goes back in time: late, but delivered
+        pub.send(a)  # goes back in time: late, delivered as a discontinuity
         pub.send(c, flags=PacketFlags.DISCONTINUITY)
         pub.send_end()
         for sub in (s1, s2):
             got = recv_until_end(sub)
             assert [p.header.n_events for p in got] == [len(b), len(a), len(c), 0]
-            assert got[2].header.discontinuity
+            assert [p.header.discontinuity for p in got] == [False, True, True, False]
             stats = sub.stats
-            assert (stats.received, stats.late, stats.discontinuities, stats.lost) == (4, 1, 1, 0)
+            assert (stats.received, stats.late, stats.discontinuities, stats.lost) == (4, 1, 2, 0)
 
 
 def test_slow_consumer_gets_the_newest_and_counts_dropped_oldest(rng):
@@ -383,6 +409,13 @@ def test_sequence_gaps_on_the_wire_are_counted_as_lost(raw_xpub, rng):
     assert [p.header.seq for p in got] == [*seqs, 10]
     assert stats.lost == 5 and stats.received == 6
     assert stats.late == 4  # each repeat of the same events starts before the last one
+    assert stats.discontinuities == 4 and [p.header.discontinuity for p in got[:5]] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+    ]
 
 
 def test_malformed_messages_are_counted_and_dropped(raw_xpub, rng):
