@@ -354,6 +354,7 @@ class Pipeline:
                     stats.recorded += len(ev)
                 if packet.discontinuity:
                     self._put_window(Reset("discontinuity"))
+                    self.binner.reset()  # time restarts: the old window edge is stale
                 t0 = time.perf_counter()
                 windows = self.binner.push(ev) if len(ev) else []
                 windows += self.binner.flush(packet.t_end_us)
