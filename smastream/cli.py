@@ -8,7 +8,9 @@ Every subcommand is a module in ``smastream.commands`` with two functions:
 Command modules import heavy dependencies inside ``run`` so that ``smastream --help`` stays
 fast. Expected failures raise :class:`smastream.errors.SmastreamError` and are printed here as
 one line, and so are operating-system errors on paths (missing folder, no permission, disk
-full); Ctrl-C ends a command with exit code 0 after its ``finally`` blocks closed files.
+full); Ctrl-C or SIGTERM ends a command with exit code 0 after its ``finally`` blocks closed
+files (the handlers are installed before anything heavy is imported; a second signal
+during the cleanup is ignored rather than raised).
 """
 
 from __future__ import annotations
@@ -56,21 +58,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Signals:
+    """SIGINT and SIGTERM end a command like Ctrl-C, once.
+
+    The first signal raises ``KeyboardInterrupt`` in the main thread, so ``finally``
+    blocks close files and sockets; a second or third one while they run is only noted
+    (raising again would interrupt the cleanup with a traceback). Installed first thing
+    in :func:`main`, before the heavy imports, so that a signal during start-up is an
+    orderly exit too; once the command has returned, signals are ignored until the
+    process exits.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.done = False
+        self.previous: dict[int, object] = {}
+
+    def handler(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if self.received == 1 and not self.done:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self.handler)
+
+    def restore(self) -> None:
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (tests call this in-process)."""
-    parser = build_parser()
+    """Run the command line; returns the exit code (tests call this in-process).
+
+    In a process of its own (``argv`` None) the signal handlers stay installed after
+    the command returned, so that a late signal cannot turn a clean exit into a
+    traceback; called with ``argv`` (tests) the previous handlers are restored.
+    """
+    signals = _Signals()
+    if threading.current_thread() is threading.main_thread():
+        signals.install()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # the first signal, in the instant before a command ran
+        print("smastream: interrupted", file=sys.stderr)
+        return 0
+    finally:
+        signals.done = True
+        if argv is not None:
+            signals.restore()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()  # imports every command module: a signal may come meanwhile
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM ends a command like Ctrl-C: finally blocks close files and sockets.
-        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args._run(args) or 0)
     except SmastreamError as exc:
@@ -84,9 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a path that cannot be read or written: the user's to fix
         print(f"smastream {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

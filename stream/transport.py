@@ -95,8 +95,9 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, str | None]:
     ``tcp://[::1]:*`` -> ``("tcp", "::1", "*")``, ``ipc:///tmp/s`` -> ``("ipc", "/tmp/s", None)``.
 
     Raises:
-        EndpointError: no ``://``, a transport other than :data:`TRANSPORTS`, or a tcp
-            address without ``host:port``.
+        EndpointError: no ``://``, a transport other than :data:`TRANSPORTS`, a tcp
+            address without ``host:port``, or a port that is not 1..65535 or ``*``
+            (ZeroMQ would bind ``99999`` modulo 65536).
     """
     transport, sep, address = endpoint.partition("://")
     if not sep or not address:
@@ -115,6 +116,11 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, str | None]:
         raise EndpointError(f"tcp endpoint {endpoint!r} needs HOST:PORT, e.g. {DEFAULT_ENDPOINT}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if port != "*" and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise EndpointError(
+            f"port {port!r} in {endpoint!r} is not 1..65535 or * (an ephemeral port), "
+            f"e.g. {DEFAULT_ENDPOINT}"
+        )
     return transport, host, port
 
 

@@ -3,53 +3,137 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+INT_MAX = 2**31 - 1
+"""Largest integer option value (C ``int``): beyond it libraries overflow or hang."""
+
+MIN_BIN_MS = 10.0
+"""Narrowest bin the pipeline runs (the per-bin decision layer needs >= 10 ms bins)."""
+
+
+def _finite(text: str) -> float | None:
+    """``float(text)`` when it is a finite number, else None (``nan``, ``inf``, junk)."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def float_in(
+    lo: float, hi: float, *, example: str, lo_open: bool = False, unit: str = ""
+) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``).
+
+    The error quotes the value, the range and an example: ``--bin-ms inf`` gives
+    ``expected a number in 10..10000 (ms) such as 50, got 'inf'``.
+    """
+    left = "(" if lo_open else ""
+    span = f"{left}{lo:g}..{hi:g}" + (f" ({unit})" if unit else "")
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if value is None or value > hi or value < lo or (lo_open and value == lo):
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {span} such as {example}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_in(lo: int, hi: int, *, example: str) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in {lo}..{hi} such as {example}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number (not ``nan``, not ``inf``)."""
+    value = _finite(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a finite number such as 0.3, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _finite(text)
+    if value is None or not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number such as 2.0, got {text!r}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
+    """argparse type: a finite number >= 0."""
+    value = _finite(text)
+    if value is None or not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0 such as 0.2, got {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
+    """argparse type: an integer in 1..2**31-1."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer such as 4, got {text!r}")
+    if not 0 < value <= INT_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer (at most {INT_MAX}) such as 4, got {text!r}"
+        )
     return value
+
+
+def max_threads() -> int:
+    """Most CPU threads a runtime may be given: 4 per core (``--threads 100000`` would
+    make ONNX Runtime start threads until the machine stalls)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def threads_type(text: str) -> int:
+    """argparse type of ``--threads``: 1..:func:`max_threads`."""
+    return int_in(1, max_threads(), example="4")(text)
+
+
+speed_type = float_in(1e-3, 1e3, example="2.0", unit="x recorded speed")
+packet_ms_type = float_in(1e-3, 60_000.0, example="5", unit="ms")
+bin_ms_type = float_in(MIN_BIN_MS, 10_000.0, example="50", unit="ms")
+seconds_type = float_in(0.0, 1e9, example="30", lo_open=True, unit="s")
+wait_s_type = float_in(0.0, 86_400.0, example="30", lo_open=True, unit="s")
+start_us_type = int_in(-(2**53), 2**53, example="1000000")
+seed_type = int_in(0, 2**32 - 1, example="3")
 
 
 def add_pacing_arguments(parser: argparse.ArgumentParser) -> None:
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
-        "--speed", type=positive_float, default=1.0, help="replay speed, 1 = recorded (default)"
+        "--speed", type=speed_type, default=1.0, help="replay speed, 1 = recorded (default)"
     )
     pace.add_argument("--as-fast-as-possible", action="store_true", help="replay without pacing")
     parser.add_argument("--loop", action="store_true", help="replay the file forever")
-    parser.add_argument("--start-us", type=int, help="start at this timestamp (seek)")
+    parser.add_argument("--start-us", type=start_us_type, help="start at this timestamp (seek)")
     parser.add_argument(
-        "--packet-ms", type=positive_float, default=5.0, help="packet duration, ms (default 5)"
+        "--packet-ms", type=packet_ms_type, default=5.0, help="packet duration, ms (default 5)"
     )
 
 
@@ -60,7 +144,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", help="camera: davis346, dvxplorer, dvs128, auto or a serial number"
     )
     parser.add_argument(
-        "--synthetic", type=int, metavar="SEED", help="synthetic gesture generator with this seed"
+        "--synthetic",
+        type=seed_type,
+        metavar="SEED",
+        help="synthetic gesture generator with this seed",
     )
     parser.add_argument(
         "--sensor", default="dvs128", help="sensor of the synthetic source (default dvs128)"
@@ -104,7 +191,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=("onnxruntime", "torch", "tensorrt"), help="runtime (default by file)"
     )
-    parser.add_argument("--threads", type=positive_int, help="CPU threads for the runtime")
+    parser.add_argument(
+        "--threads", type=threads_type, help=f"CPU threads for the runtime (1..{max_threads()})"
+    )
 
 
 def open_runtime_from_args(args: argparse.Namespace) -> Any:
@@ -117,14 +206,52 @@ def open_runtime_from_args(args: argparse.Namespace) -> Any:
     options: dict[str, Any] = {}
     if args.threads:
         options["threads"] = args.threads
-    return open_runtime(model, backend=args.backend, **options)
+    runtime = open_runtime(model, backend=args.backend, **options)
+    try:
+        check_model(model, runtime)
+    except BaseException:
+        close = getattr(runtime, "close", None)
+        if close is not None:
+            close()
+        raise
+    return runtime
+
+
+def check_model(path: str | Path, runtime: Any) -> None:
+    """Run one window of zeros and check that the logits match the metadata, then reset.
+
+    A model whose graph and metadata disagree (``class_names`` of another length, a
+    different output shape) fails here, where it is opened, as one line naming the file
+    instead of as a ``ValueError`` deep in the decision layer after the source started.
+
+    Raises:
+        SmastreamError: the window fails to run, or the logits are not ``[S, classes]``.
+    """
+    import numpy as np
+
+    from smastream.errors import SmastreamError
+
+    info = runtime.info
+    expected = (info.steps_per_window, len(info.class_names))
+    try:
+        logits = runtime.step(np.zeros(info.window_shape, dtype=np.float32))
+    except Exception as exc:  # a foreign runtime on a user's file: its own error types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SmastreamError(f"{path}: one window of zeros does not run: {first}") from None
+    shape = tuple(np.shape(logits))
+    if shape != expected:
+        raise SmastreamError(
+            f"{path}: the model returns logits of shape {list(shape)}, its metadata says "
+            f"{list(expected)} ({expected[0]} steps x {expected[1]} class names): re-export it"
+        )
+    runtime.reset()
 
 
 _DECISION_FLAGS: dict[str, tuple[Any, str]] = {
-    "min_confidence": (float, "smoothed probability a gesture needs"),
+    "min_confidence": (finite_float, "smoothed probability a gesture needs"),
     "hold_steps": (positive_int, "steps a new label must win before it shows"),
-    "smooth_ms": (float, "probability smoothing time constant, ms"),
-    "switch_margin": (float, "lead a new gesture needs over the shown one"),
+    "smooth_ms": (finite_float, "probability smoothing time constant, ms"),
+    "switch_margin": (finite_float, "lead a new gesture needs over the shown one"),
 }
 
 
@@ -164,10 +291,14 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_decision_arguments(parser)
     parser.add_argument(
-        "--bin-ms", type=positive_float, help="bin width in ms (default: the model's)"
+        "--bin-ms",
+        type=bin_ms_type,
+        help=f"bin width in ms, at least {MIN_BIN_MS:g} (default: the model's)",
     )
     parser.add_argument(
-        "--steps-per-window", type=positive_int, help="bins per window (must match the model)"
+        "--steps-per-window",
+        type=int_in(1, 10_000, example="4"),
+        help="bins per window (must match the model)",
     )
     parser.add_argument(
         "--display",
@@ -189,7 +320,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="never drop windows: a slow engine lags instead (comparisons, offline runs)",
     )
-    parser.add_argument("--seconds", type=positive_float, help="stop after this long")
+    parser.add_argument("--seconds", type=seconds_type, help="stop after this long")
     parser.add_argument("--quiet", action="store_true", help="no summary line")
 
 

@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from smastream.commands.common import add_source_arguments, open_source_from_args, positive_float
+from smastream.commands.common import (
+    INT_MAX,
+    add_source_arguments,
+    int_in,
+    open_source_from_args,
+    seconds_type,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,20 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-clients", help="folder of allowed clients' public keys")
     parser.add_argument(
         "--hwm",
-        type=int,
+        type=int_in(0, INT_MAX, example="256"),
         default=256,
         help="send high-water mark, packets per subscriber (default 256)",
     )
     parser.add_argument("--record", help="write every event losslessly to this AEDAT 4 file")
     parser.add_argument(
         "--wait-subscribers",
-        type=int,
+        type=int_in(0, 10_000, example="1"),
         default=0,
         metavar="N",
         help="wait (up to 30 s) for N subscribers before sending",
     )
     parser.add_argument(
-        "--seconds", type=positive_float, help="stop after this many seconds (wall clock)"
+        "--seconds", type=seconds_type, help="stop after this many seconds (wall clock)"
     )
     parser.add_argument("--quiet", action="store_true", help="no status line")
 
@@ -52,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from smastream.errors import SmastreamError
     from smastream.stream.formats import open_writer
     from smastream.stream.publish import publish
-    from smastream.stream.transport import Publisher
+    from smastream.stream.transport import Publisher, check_bind_endpoint
 
+    if args.curve_clients and not args.curve_secret:
+        raise SmastreamError("--curve-clients needs --curve-secret (the server's .key_secret)")
+    check_bind_endpoint(args.bind, allow_remote=args.allow_remote)
     source = open_source_from_args(args)
     recorder = None
     publisher = None
