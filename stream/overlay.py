@@ -426,8 +426,11 @@ class VideoSink:
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finish the file; safe to call twice."""
+        """Finish the file; safe to call twice. A video closed before its first frame
+        (Ctrl-C at start-up) gets one black frame: an mp4 with none does not open."""
         if self._writer is not None:
+            if self.frames_written == 0:
+                self.write(np.zeros((*self.frame_size, 3), dtype=np.uint8))
             self._writer.release()
             self._writer = None
 
