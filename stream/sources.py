@@ -412,6 +412,11 @@ class SubscriberSource:
         stats = self._sub.stats
         return int(stats.lost + stats.dropped_oldest)
 
+    def transport_stats(self) -> Any:
+        """The subscriber's counters (a :class:`~smastream.stream.transport.SubscriberStats`):
+        lost, dropped, malformed by reason, late, restarts, discontinuities."""
+        return self._sub.stats
+
     def packets(self) -> Iterator[SourcePacket]:
         packet: Any = self._first
         t_end = 0

@@ -536,6 +536,9 @@ class SubscriberStats:
             ``DISCONTINUITY`` by the sender, restarts and late packets.
         restarts: Sequence numbers that went back (publisher restarted) or jumped
             forward by more than :data:`MAX_SEQ_GAP`.
+        missed_at_join: Packets a stream had sent before this subscriber's first one
+            (its first sequence number): the subscriber joined late. Not counted as
+            ``lost``; a lossless run starts the publisher with ``--wait-subscribers``.
         ends: END_OF_STREAM packets.
         streams: Stream ids seen.
     """
@@ -552,6 +555,7 @@ class SubscriberStats:
     discontinuities: int = 0
     restarts: int = 0
     ends: int = 0
+    missed_at_join: int = 0
     streams: tuple[int, ...] = ()
 
     def __str__(self) -> str:
@@ -561,6 +565,8 @@ class SubscriberStats:
             f"{self.late} late, {self.restarts} restarts, "
             f"{self.discontinuities} discontinuities"
         )
+        if self.missed_at_join:
+            text += f"; joined late: {self.missed_at_join} packets sent before the first one"
         if self.malformed_reasons:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in self.malformed_reasons.items()) + ")"
         return text
@@ -619,6 +625,7 @@ class Subscriber:
                 "discontinuities",
                 "restarts",
                 "ends",
+                "missed_at_join",
             ),
             0,
         )
@@ -716,7 +723,10 @@ class Subscriber:
                 if packet is None:
                     continue
                 header = packet.header
-                check = sequence_step(self._streams.get(header.stream_id), header)
+                previous = self._streams.get(header.stream_id)
+                if previous is None and header.seq <= MAX_SEQ_GAP:
+                    n["missed_at_join"] += header.seq
+                check = sequence_step(previous, header)
                 self._streams[header.stream_id] = check.state
                 n["received"] += 1
                 n["events"] += header.n_events

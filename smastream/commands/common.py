@@ -398,6 +398,16 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
         stats = pipeline.run(display)
         if not args.quiet:
             print(summary_line(stats), file=sys.stderr)
+            transport = getattr(source, "transport_stats", None)
+            if transport is not None:
+                tstats = transport()
+                print(f"transport: {tstats}", file=sys.stderr)
+                if tstats.missed_at_join and (lossless or args.lossless):
+                    print(
+                        f"not lossless: {tstats.missed_at_join} packets were sent before this "
+                        "subscriber joined; start the publisher with --wait-subscribers 1",
+                        file=sys.stderr,
+                    )
             if labels is not None:
                 print(score_line(pipeline.decisions, labels), file=sys.stderr)
     finally:

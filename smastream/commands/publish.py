@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int_in(0, 10_000, example="1"),
         default=0,
         metavar="N",
-        help="wait (up to 30 s) for N subscribers before sending",
+        help="wait (up to 30 s) for N subscribers before sending: a subscriber that joins "
+        "after the first packets misses them (needed for a lossless `infer --lossless`)",
     )
     parser.add_argument(
         "--seconds", type=seconds_type, help="stop after this many seconds (wall clock)"
