@@ -83,6 +83,13 @@ class _Signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self.handler)
 
+    def ignore(self) -> None:
+        """Ignore both signals from now on: the process is about to exit, and the
+        interpreter's shutdown would otherwise put back the defaults (death by signal
+        while modules are torn down). Python leaves ``SIG_IGN`` alone there."""
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_IGN)
+
     def restore(self) -> None:
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
@@ -91,9 +98,10 @@ class _Signals:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (tests call this in-process).
 
-    In a process of its own (``argv`` None) the signal handlers stay installed after
-    the command returned, so that a late signal cannot turn a clean exit into a
-    traceback; called with ``argv`` (tests) the previous handlers are restored.
+    In a process of its own (``argv`` None) SIGINT and SIGTERM are ignored once the
+    command has returned, so that a late signal cannot turn a clean exit into a
+    traceback or a death by signal; called with ``argv`` (tests) the previous handlers
+    are restored.
     """
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
@@ -107,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signals.done = True
         if argv is not None:
             signals.restore()
+        else:
+            signals.ignore()
 
 
 def _main(argv: Sequence[str] | None) -> int:

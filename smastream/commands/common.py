@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 INT_MAX = 2**31 - 1
 """Largest integer option value (C ``int``): beyond it libraries overflow or hang."""
 
