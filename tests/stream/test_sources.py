@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,46 @@ def test_synthetic_source_is_a_paced_live_camera() -> None:
     ev = np.concatenate([p.events for p in packets])
     assert len(ev) > 10_000
     assert src.labels and all(w.end_us <= 8_000_000 for w in src.labels)
+
+
+def test_subscriber_source_passes_a_publisher_restart_on_as_a_discontinuity(
+    rng: np.random.Generator,
+) -> None:
+    """Two publisher lives on one endpoint: the second starts at seq 0 and t 0 again.
+    The source flags it and its time base starts over (t_end_us not max-clamped)."""
+    from smastream.stream.sources import SubscriberSource
+    from smastream.stream.transport import Publisher
+
+    first = random_events(rng, 300, t0=5_000_000)
+    second = random_events(rng, 300, t0=1_000)
+    pub = Publisher("tcp://127.0.0.1:*", (128, 128))
+    endpoint = pub.endpoint
+    try:
+        # the source blocks until its first packet: open it in a thread
+        holder: dict[str, SubscriberSource] = {}
+        opener = threading.Thread(target=lambda: holder.update(s=SubscriberSource(endpoint)))
+        opener.start()
+        assert pub.wait_for_subscribers(1, 10.0)
+        for part in np.array_split(first, 3):
+            pub.send(part)
+        opener.join(10.0)
+        source = holder["s"]
+        pub.close()
+        pub = Publisher(endpoint, (128, 128))  # the restart: same endpoint, seq 0, t 0
+        assert pub.wait_for_subscribers(1, 10.0)
+        for part in np.array_split(second, 3):
+            pub.send(part)
+        pub.send_end()
+        packets = list(source.packets())  # up to the END_OF_STREAM
+        stats = source.transport_stats()
+        source.close()
+    finally:
+        pub.close()
+    real = [p for p in packets if len(p.events)]
+    assert [p.discontinuity for p in real] == [False, False, False, True, False, False]
+    np.testing.assert_array_equal(
+        np.concatenate([p.events for p in real]), np.concatenate([first, second])
+    )
+    restart = real[3]
+    assert restart.t_end_us == int(restart.events["t"][-1]) + 1 < int(first["t"][-1])
+    assert stats.restarts == 1 and stats.lost == 0
