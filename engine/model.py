@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -625,6 +626,20 @@ def save_checkpoint(
     )
 
 
+def _load_error(exc: BaseException) -> str:
+    """torch's reason in one line, without its advice to retry with ``weights_only=False``
+    (never unpickle an untrusted file: that runs arbitrary code)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip()
+        reason = reason.split(". ", 1)[0].split("\n", 1)[0].strip().rstrip(".")
+        return f"refused by the safe loader: {reason or 'not plain tensors and containers'}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return first if "weights_only" not in first else "refused by the safe loader"
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[SMASNN, dict[str, Any]]:
@@ -638,9 +653,12 @@ def load_checkpoint(
             CLI).
     """
     try:
-        data = torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4" on junk
+            warnings.simplefilter("ignore")
+            data = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise FormatError(path, 0, f"not a readable torch checkpoint ({exc})") from exc
+        reason = _load_error(exc)
+        raise FormatError(path, 0, f"not a readable torch checkpoint ({reason})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(path, 0, f"not a {CHECKPOINT_FORMAT} checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:

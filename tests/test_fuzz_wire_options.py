@@ -456,3 +456,25 @@ def test_sigterm_during_a_long_runtime_setup_is_honoured(tmp_path: Path) -> None
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_an_untrusted_checkpoint_is_refused_without_advice_to_unpickle_it(
+    tmp_path: Path, capfd
+) -> None:
+    import pickle
+
+    import torch
+
+    rng = np.random.default_rng(15)
+    files = {"random.pt": rng.bytes(3000), "short.pt": rng.bytes(10)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with open(tmp_path / "pickle.pt", "wb") as f:
+        pickle.dump({"a": object}, f)
+    torch.save({"f": print}, tmp_path / "code.pt")  # a global: only unpickling runs it
+    for path in sorted(tmp_path.glob("*.pt")):
+        code = main(["replay", str(DEMO), "--no-display", "--model", str(path)])
+        err = capfd.readouterr().err
+        assert code == 1, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"{path}:" in err and "weights_only" not in err and "Traceback" not in err
