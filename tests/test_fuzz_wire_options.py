@@ -254,6 +254,11 @@ def test_infer_survives_hostile_packets_and_reports_them(xpub, tmp_path: Path) -
         sock.send_multipart(_far_packet(random_events(rng, 1, t0=t), seq))
         renumbered = PacketHeader(3, 2**64 - 1, SENSOR, t, t, 0).pack()
         sock.send_multipart([renumbered, b""])
+        # a wire-valid jump far ahead (2**52 us, 143 years), then time as before: the
+        # jump is skipped, the return is a backward jump, i.e. a discontinuity
+        ahead = random_events(rng, 3, t0=2**52)
+        sock.send_multipart(_good(ahead, seq))
+        seq += 1
         send_span(200)  # 1 s more after the attacks
         end = PacketHeader(3, seq, SENSOR, t, t, 0, PacketFlags.END_OF_STREAM)
         sock.send_multipart([end.pack(), b""])
@@ -271,6 +276,7 @@ def test_infer_survives_hostile_packets_and_reports_them(xpub, tmp_path: Path) -
     transport = next(line for line in err.splitlines() if line.startswith("transport:"))
     assert "3 malformed" in transport and "kind: 1" in transport, transport
     assert "timestamps: 2" in transport and "2 restarts" in transport, transport
+    assert " 1 late" in transport, transport
 
 
 # ------------------------------------------------------------------------------ options
