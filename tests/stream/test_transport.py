@@ -608,3 +608,24 @@ def test_keys_command_creates_refuses_and_forces(tmp_path, capsys):
     assert (target / "laptop-1.key").is_file()
     with pytest.raises(SystemExit):
         parser.parse_args([str(target), "--name", "../evil"])
+
+
+def test_a_late_join_is_counted_apart_from_loss_and_a_restart_is_flagged(raw_xpub, rng):
+    """The first packet seen is seq 5: five were sent before this subscriber joined (not
+    lost). Then the publisher restarts at seq 0, time 0: passed on as a discontinuity."""
+    sock, endpoint = raw_xpub
+    events = random_events(rng, 30, t0=1_000_000)
+    early = random_events(rng, 30, t0=0)
+    with Subscriber(endpoint) as sub:
+        wait_subscribed(sock)
+        for seq in (5, 6):
+            sock.send_multipart(encode_packet(header_for(events, seq), events))
+        sock.send_multipart(encode_packet(header_for(early, 0), early))
+        t_end = int(early["t"][-1])
+        end = PacketHeader(7, 1, (128, 128), t_end, t_end, 0, PacketFlags.END_OF_STREAM)
+        sock.send_multipart([end.pack(), b""])
+        got = recv_until_end(sub)
+        stats = sub.stats
+    assert [p.header.discontinuity for p in got] == [False, True, True, False]
+    assert (stats.missed_at_join, stats.lost, stats.restarts, stats.late) == (5, 0, 1, 1)
+    assert "joined late: 5 packets" in str(stats)
