@@ -484,3 +484,16 @@ def test_an_untrusted_checkpoint_is_refused_without_advice_to_unpickle_it(
         assert code == 1, err
         assert len(err.strip().splitlines()) == 1, err
         assert f"{path}:" in err and "weights_only" not in err and "Traceback" not in err
+
+
+def test_a_video_closed_before_its_first_frame_still_opens(tmp_path: Path) -> None:
+    """What a signal before the first overlay frame leaves behind (was 258 bytes that
+    no player opens)."""
+    from smastream.stream.overlay import VideoSink
+
+    path = tmp_path / "early.mp4"
+    VideoSink(path, (120, 160), fps=20.0).close()
+    cap = cv2.VideoCapture(str(path))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (120, 160, 3)

@@ -115,7 +115,7 @@ def threads_type(text: str) -> int:
 
 
 speed_type = float_in(1e-3, 1e3, example="2.0", unit="x recorded speed")
-packet_ms_type = float_in(1e-3, 60_000.0, example="5", unit="ms")
+packet_ms_type = float_in(0.1, 60_000.0, example="5", unit="ms")
 bin_ms_type = float_in(MIN_BIN_MS, 10_000.0, example="50", unit="ms")
 seconds_type = float_in(0.0, 1e9, example="30", lo_open=True, unit="s")
 wait_s_type = float_in(0.0, 86_400.0, example="30", lo_open=True, unit="s")
