@@ -96,7 +96,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, str | None]:
 
     Raises:
         EndpointError: no ``://``, a transport other than :data:`TRANSPORTS`, a tcp
-            address without ``host:port``, or a port that is not 1..65535 or ``*``
+            address without ``host:port``, or a port that is not 0..65535 or ``*``
             (ZeroMQ would bind ``99999`` modulo 65536).
     """
     transport, sep, address = endpoint.partition("://")
@@ -116,10 +116,10 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, str | None]:
         raise EndpointError(f"tcp endpoint {endpoint!r} needs HOST:PORT, e.g. {DEFAULT_ENDPOINT}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if port != "*" and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    if port != "*" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
         raise EndpointError(
-            f"port {port!r} in {endpoint!r} is not 1..65535 or * (an ephemeral port), "
-            f"e.g. {DEFAULT_ENDPOINT}"
+            f"port {port!r} in {endpoint!r} is not a port number 0..65535 or * "
+            f"(0 and * pick a free one), e.g. {DEFAULT_ENDPOINT}"
         )
     return transport, host, port
 
