@@ -44,9 +44,7 @@ class RealRange:
 # Single values ("0.55", "≈1", "~0") are given as (v, v); "≈1" µs as (0, 1) with "≈0".
 REAL_RANGES: dict[str, RealRange] = {
     "mean_rate_kevs": RealRange("mean event rate, kev/s", (2.8, 15.5), (11, 18), (42, 65)),
-    "peak_10ms_kevs": RealRange(
-        "peak rate in a 10 ms bin, kev/s", (15, 47), (32, 63), (79, 120)
-    ),
+    "peak_10ms_kevs": RealRange("peak rate in a 10 ms bin, kev/s", (15, 47), (32, 63), (79, 120)),
     "median_10ms_kevs": RealRange(
         "median rate over 10 ms bins, kev/s", (1.2, 11), (9.6, 17.5), (44, 65)
     ),
@@ -88,7 +86,10 @@ REAL_RANGES: dict[str, RealRange] = {
         (0.060, 0.060),
     ),
     "top1pct_share": RealRange(
-        "share of all events in the 1 % most active pixels", (0.10, 0.16), (0.08, 0.15), (0.19, 0.23)
+        "share of all events in the 1 % most active pixels",
+        (0.10, 0.16),
+        (0.08, 0.15),
+        (0.19, 0.23),
     ),
 }
 STAT_NAMES = tuple(REAL_RANGES)

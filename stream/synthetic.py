@@ -53,7 +53,7 @@ from smastream.gestures import NUM_CLASSES
 from smastream.stream.events import EVENT_DTYPE, Events
 from smastream.stream.formats.labels import GestureWindow
 
-__all__ = ["SynthConfig", "SyntheticGestures", "generate"]
+__all__ = ["SCENES", "SceneSegment", "SynthConfig", "SyntheticGestures", "generate"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -77,12 +77,24 @@ class SynthConfig:
         threshold_on: Mean ON contrast threshold (log intensity).
         threshold_off: Mean OFF contrast threshold (log intensity).
         threshold_sigma: Per-pixel standard deviation of both thresholds (mismatch).
-        refractory_us: Minimum time between two events of one pixel, >= 1.
+        threshold_noise: Temporal noise of the thresholds: each pixel's thresholds are
+            multiplied by ``exp(U(-1, 1) * 1.73 * threshold_noise)`` (log s.d.
+            ``threshold_noise``), drawn per pixel and rendered frame.
+        refractory_us: Minimum time between two events of one pixel, >= 1 (real DVS128
+            pixels re-fire within about 1 µs).
+        burst_prob: Chance that a pixel's first event of a frame is doubled one refractory
+            period later (real DVS128 pixels often fire such pairs).
+        latency_us: Mean pixel latency (exponential, drawn per pixel and frame) at a mid-grey
+            intensity; dark pixels are slower (the pixel bandwidth falls with light).
         noise_hz: Background-activity noise rate per pixel.
         n_hot_pixels: Number of hot pixels.
         hot_pixel_hz: ``(min, max)`` rate of a hot pixel.
         render_hz: Rendered frames per second; timestamps are interpolated inside frames.
         t0_us: Timestamp of the start of the recording.
+        no_gesture_share: Target share of the time outside gesture windows (idle gaps plus
+            no-gesture scenes, see :data:`SCENES`), 0 <= share < 0.9. Scenes are added
+            between the gestures until the share is reached; 0 or a share the gaps alone
+            already reach adds none.
     """
 
     sensor_size: tuple[int, int] = (128, 128)
@@ -90,15 +102,19 @@ class SynthConfig:
     seed: int = 0
     gesture_s: tuple[float, float] = (2.0, 5.0)
     gap_s: tuple[float, float] = (0.5, 1.5)
-    threshold_on: float = 0.2
-    threshold_off: float = 0.2
-    threshold_sigma: float = 0.03
-    refractory_us: int = 250
-    noise_hz: float = 0.2
+    threshold_on: float = 0.25
+    threshold_off: float = 0.25
+    threshold_sigma: float = 0.08
+    threshold_noise: float = 0.2
+    refractory_us: int = 1
+    latency_us: float = 3000.0
+    burst_prob: float = 0.04
+    noise_hz: float = 0.03
     n_hot_pixels: int = 3
     hot_pixel_hz: tuple[float, float] = (50.0, 300.0)
     render_hz: float = 1000.0
     t0_us: int = 0
+    no_gesture_share: float = 0.45
 
     def __post_init__(self) -> None:
         w, h = (int(v) for v in self.sensor_size)
@@ -119,14 +135,22 @@ class SynthConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.threshold_sigma >= 0:
             raise ValueError(f"threshold_sigma must be >= 0, got {self.threshold_sigma!r}")
+        if not (math.isfinite(self.threshold_noise) and 0 <= self.threshold_noise <= 2):
+            raise ValueError(f"threshold_noise must be in 0..2, got {self.threshold_noise!r}")
         if int(self.refractory_us) < 1:
             raise ValueError(f"refractory_us must be >= 1, got {self.refractory_us!r}")
+        if not (math.isfinite(self.latency_us) and self.latency_us >= 0):
+            raise ValueError(f"latency_us must be >= 0, got {self.latency_us!r}")
+        if not 0 <= self.burst_prob <= 1:
+            raise ValueError(f"burst_prob must be in 0..1, got {self.burst_prob!r}")
         if not self.noise_hz >= 0:
             raise ValueError(f"noise_hz must be >= 0, got {self.noise_hz!r}")
         if int(self.n_hot_pixels) < 0:
             raise ValueError(f"n_hot_pixels must be >= 0, got {self.n_hot_pixels!r}")
         if not 50 <= self.render_hz <= 100_000:
             raise ValueError(f"render_hz must be in 50..100000, got {self.render_hz!r}")
+        if not 0 <= self.no_gesture_share < 0.9:
+            raise ValueError(f"no_gesture_share must be in [0, 0.9), got {self.no_gesture_share!r}")
         if int(self.t0_us) < 0:
             raise ValueError(f"t0_us must be >= 0, got {self.t0_us!r}")
 
@@ -181,6 +205,91 @@ class _Gesture:
     phase: float  # rad
     direction: float  # +1 or -1, where a class has a free sense
     extra: FloatArray  # [16] uniform(0, 1) numbers for class-specific choices
+
+
+SCENES = (
+    "sway", "walk", "sit_stand", "head_turn", "scratch", "reach_object", "shake", "leave_empty",
+)  # fmt: skip
+"""No-gesture scenes mixed between the gestures (``idle`` is the still gap itself):
+swaying; walking sideways and back; sitting down and standing up (the body drops and
+rises); turning the head; scratching the head or face with one hand; reaching down to one
+side and moving a hand-held object to the other (the object is not drawn); a shake of the
+whole person (camera shake, the background stays); walking out of the frame, an empty
+scene with only sensor noise, and back."""
+
+
+_SCENE_W = np.array([1.0 if name != "leave_empty" else 0.3 for name in SCENES])
+_SCENE_P = _SCENE_W / _SCENE_W.sum()
+"""Scene probabilities: leaving the frame sweeps every pixel, so it is drawn less often
+(still stretches, to an event camera, are already scenes with only sensor noise)."""
+
+
+@dataclass(frozen=True)
+class SceneSegment:
+    """One stretch of a recording outside the gesture windows and what happens in it."""
+
+    start_us: int
+    end_us: int
+    name: str  # "idle" or one of SCENES
+
+
+@dataclass(frozen=True)
+class _Scene:
+    segment: SceneSegment  # times relative to the start of the recording (no t0)
+    extra: FloatArray  # [8] uniform(0, 1) numbers
+
+
+def _scene_targets(
+    name: str, s: FloatArray, dur: float, e: FloatArray
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray, FloatArray]:
+    """Hand targets (or ``None``: arms at rest), body offset ``[n, 2]`` and head shift ``[n]``
+    of a no-gesture scene at times ``s`` (seconds into it); body units."""
+    n = s.shape[0]
+    off = np.zeros((n, 2))
+    head = np.zeros(n)
+    tau = 2.0 * math.pi
+    side = -1.0 if e[0] < 0.5 else 1.0
+    if name == "sway":
+        f = 0.3 + 0.5 * e[1]
+        off[:, 0] = (0.03 + 0.06 * e[2]) * np.sin(tau * f * s + tau * e[3])
+        off[:, 1] = 0.01 * np.sin(2 * tau * f * s)
+        return None, None, off, head
+    if name in ("walk", "leave_empty"):
+        dist = (0.25 + 0.35 * e[1]) if name == "walk" else 1.15
+        go = _smoothstep(s / (dur * 0.4)) * _smoothstep((dur - s) / (dur * 0.4))
+        off[:, 0] = side * dist * go
+        off[:, 1] = 0.012 * np.abs(np.sin(tau * (1.6 + 0.4 * e[2]) * s)) * (go > 0.02)
+        return None, None, off, head
+    if name == "sit_stand":
+        off[:, 1] = (
+            (0.2 + 0.25 * e[1])
+            * _smoothstep(s / (dur * 0.35))
+            * _smoothstep((dur - s) / (dur * 0.35))
+        )
+        return None, None, off, head
+    if name == "head_turn":
+        head[:] = (0.015 + 0.02 * e[1]) * np.sin(tau * (0.3 + 0.4 * e[2]) * s) * side
+        return None, None, off, head
+    if name == "scratch":
+        f = 3.0 + 2.0 * e[1]
+        tgt = np.stack(
+            [side * (0.06 + 0.03 * e[2]) + 0.012 * np.sin(tau * f * s),
+             -0.13 + 0.08 * e[3] + 0.01 * np.cos(tau * f * s)], -1,
+        )  # fmt: skip
+        return (tgt, None, off, head) if side < 0 else (None, tgt, off, head)
+    if name == "reach_object":
+        z = _smoothstep(s / dur * 1.6 - 0.3)
+        a = np.array([side * (0.25 + 0.05 * e[1]), 0.42])
+        b = np.array([-side * (0.05 + 0.1 * e[2]), 0.25 + 0.1 * e[3]])
+        tgt = a[None, :] * (1 - z[:, None]) + b[None, :] * z[:, None]
+        return (tgt, None, off, head) if side < 0 else (None, tgt, off, head)
+    if name == "shake":
+        f1, f2 = 5.0 + 6.0 * e[1], 4.0 + 5.0 * e[2]
+        amp = 0.006 + 0.012 * e[3]
+        off[:, 0] = amp * np.sin(tau * f1 * s + tau * e[4])
+        off[:, 1] = amp * np.sin(tau * f2 * s + tau * e[5])
+        return None, None, off, head
+    raise ValueError(f"unknown scene {name!r}")
 
 
 def _smoothstep(z: FloatArray) -> FloatArray:
@@ -342,6 +451,8 @@ def _body_capsules(
 # ---------------------------------------------------------------------------------------
 
 TILE = 4
+MAX_BURST = 12
+"""Most events one pixel fires in one rendered frame (the rest of a larger change is lost)."""
 _NEVER = -(1 << 62)
 
 
@@ -431,6 +542,17 @@ def _mark_capsule(
                 mask[ty, tx] = True
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hash_uniform(seed: int, a: int, b: int) -> float:
+    """A uniform number in [0, 1) that depends only on ``(seed, a, b)`` (splitmix64)."""
+    z = np.uint64(seed) + np.uint64(a) * np.uint64(0x9E3779B97F4A7C15)
+    z = z + np.uint64(b) * np.uint64(0xD1B54A32D192ED03)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
 @numba.njit(cache=True, nogil=True)
 def _simulate_frames(
     caps: np.ndarray,
@@ -457,6 +579,11 @@ def _simulate_frames(
     out_x: np.ndarray,
     out_y: np.ndarray,
     out_p: np.ndarray,
+    latency_us: float,
+    max_chain: int,
+    seed: int,
+    threshold_noise: float,
+    burst_prob: float,
 ) -> tuple[int, int, int]:
     """Advance the pixel model over frames ``f_start..`` of a block (see the module doc).
 
@@ -506,7 +633,8 @@ def _simulate_frames(
         j_end = noise_i
         while j_end < n_noise and noise_t[j_end] < tb:
             j_end += 1
-        bound = n_tiles * TILE * TILE * (span // refractory + 1) + (j_end - noise_i)
+        per_pixel = min(span // refractory + 1, max_chain) + 1
+        bound = n_tiles * TILE * TILE * per_pixel + (j_end - noise_i)
         if n + bound > cap_out:
             break
         # Noise first: it resets the pixel, so signal events of this frame respect it.
@@ -561,11 +689,22 @@ def _simulate_frames(
                                 l1 = math.log(i1)
                                 log_i[y, x] = l1
                         r = ref[y, x]
-                        con = c_on[y, x]
-                        coff = c_off[y, x]
+                        # Temporal threshold noise, drawn per pixel and frame.
+                        jit = math.exp(
+                            threshold_noise
+                            * 1.732
+                            * (2.0 * _hash_uniform(seed + 1, y * w + x, ta) - 1.0)
+                        )
+                        con = c_on[y, x] * jit
+                        coff = c_off[y, x] * jit
                         if r - coff < l1 < r + con:
                             continue
                         lt = last_t[y, x]
+                        # Latency of this pixel in this frame (bandwidth: longer when dark).
+                        u = _hash_uniform(seed, y * w + x, ta)
+                        mean = latency_us * min(math.sqrt(0.3 / max(inten[y, x], 1e-3)), 4.0)
+                        lat = int(-mean * math.log(1.0 - u))
+                        count = 0
                         while True:
                             if l1 - r >= con:
                                 pol = 1
@@ -577,11 +716,17 @@ def _simulate_frames(
                                 frac = 0.0 if l0 <= level else (l0 - level) / (l0 - l1)
                             else:
                                 break
-                            tc = ta + int(frac * span)
+                            if count >= max_chain:  # the rest of this change is lost
+                                r = l1
+                                break
+                            if count == 0:
+                                tc = ta + int(frac * span) + lat
+                            else:  # a burst: the pixel re-fires as soon as it may
+                                tc = lt + refractory
                             delayed = tc < lt + refractory
                             if delayed:
                                 tc = lt + refractory
-                            if tc >= tb:
+                            if tc - lat >= tb:
                                 still_pending = True
                                 break
                             out_t[n] = tc
@@ -589,9 +734,21 @@ def _simulate_frames(
                             out_y[n] = y
                             out_p[n] = pol
                             n += 1
+                            count += 1
                             lt = tc
-                            if delayed:
-                                r = l0 + (l1 - l0) * (tc - ta) / span
+                            if (
+                                count == 1
+                                and n < cap_out
+                                and (_hash_uniform(seed + 2, y * w + x, ta) < burst_prob)
+                            ):  # a double fire, within a refractory period (DVS128 bursts)
+                                out_t[n] = tc + refractory
+                                out_x[n] = x
+                                out_y[n] = y
+                                out_p[n] = pol
+                                n += 1
+                                lt = tc + refractory
+                            if delayed and count == 1:
+                                r = l0 + (l1 - l0) * min(1.0, (tc - lat - ta) / span)
                             else:
                                 r = level
                         ref[y, x] = r
@@ -646,6 +803,7 @@ class SyntheticGestures:
         self.config = config
         seq = np.random.SeedSequence(int(config.seed))
         self._seed_schedule, self._seed_person, self._seed_sensor, self._seed_noise = seq.spawn(4)
+        (self._seed_scene,) = np.random.SeedSequence([int(config.seed), 1]).spawn(1)
         self.frame_us = max(1, round(1e6 / config.render_hz))
         self._gestures = self._draw_schedule()
         self._person = self._draw_person()
@@ -655,13 +813,22 @@ class SyntheticGestures:
     def _draw_schedule(self) -> list[_Gesture]:
         cfg = self.config
         rng = np.random.default_rng(self._seed_schedule)
+        rng_scene = np.random.default_rng(self._seed_scene)
         total = cfg.duration_us
         step = self.frame_us  # windows start and end on frame times: no motion outside them
+        # Mean scene length that brings the no-gesture share to the target.
+        g_mean = sum(cfg.gesture_s) / 2
+        gap_mean = sum(cfg.gap_s) / 2
+        share = cfg.no_gesture_share
+        scene_mean = (share * (g_mean + gap_mean) - gap_mean) / (1.0 - share)
+        self._scenes: list[_Scene] = []
+        segments: list[SceneSegment] = []
 
         def draw(lo_hi: tuple[float, float]) -> int:
             return round(rng.uniform(*lo_hi) * 1e6 / step) * step
 
         t = draw(cfg.gap_s)
+        segments.append(SceneSegment(0, t, "idle"))
         out: list[_Gesture] = []
         while True:
             order = rng.permutation(NUM_CLASSES)
@@ -675,10 +842,46 @@ class SyntheticGestures:
                     float(rng.choice([-1.0, 1.0])),
                     rng.uniform(size=16),
                 )
+                if scene_mean > 0.2:  # a scene, then a short still gap, before the gesture
+                    name = SCENES[int(rng_scene.choice(len(SCENES), p=_SCENE_P))]
+                    sd = round(rng_scene.uniform(0.6, 1.4) * scene_mean * 1e6 / step) * step
+                    if name in ("walk", "leave_empty"):
+                        sd = max(sd, 2_500_000 if name == "walk" else 4_000_000)
+                    still = round(rng_scene.uniform(0.2, 0.4) * 1e6 / step) * step
+                    extra = rng_scene.uniform(size=8)
+                    if t + sd + still + dur > total:
+                        self._segments = self._close(segments, t, total)
+                        return out
+                    self._scenes.append(_Scene(SceneSegment(t, t + sd, name), extra))
+                    segments.append(SceneSegment(t, t + sd, name))
+                    segments.append(SceneSegment(t + sd, t + sd + still, "idle"))
+                    t += sd + still
                 if t + dur > total:
+                    self._segments = self._close(segments, t, total)
                     return out
                 out.append(_Gesture(GestureWindow(t, t + dur, int(label)), *params))
+                segments.append(SceneSegment(t + dur, t + dur + gap, "idle"))
                 t += dur + gap
+
+    @staticmethod
+    def _close(segments: list[SceneSegment], t: int, total: int) -> list[SceneSegment]:
+        """Clip the segments to the recording and let the last still stretch reach its end."""
+        out = [SceneSegment(a.start_us, min(a.end_us, total), a.name) for a in segments]
+        out = [a for a in out if a.start_us < a.end_us]
+        if t < total:
+            if out and out[-1].name == "idle" and out[-1].end_us >= t:
+                out[-1] = SceneSegment(out[-1].start_us, total, "idle")
+            else:
+                out.append(SceneSegment(t, total, "idle"))
+        return out
+
+    @property
+    def scenes(self) -> list[SceneSegment]:
+        """Every stretch outside the gesture windows, in time order, with ``t0_us`` added:
+        ``"idle"`` (standing still) or the name of a no-gesture scene (:data:`SCENES`).
+        With :attr:`labels` they tile the recording."""
+        t0 = int(self.config.t0_us)
+        return [SceneSegment(a.start_us + t0, a.end_us + t0, a.name) for a in self._segments]
 
     def _draw_person(self) -> _Person:
         w, h = self.config.sensor_size
@@ -703,6 +906,19 @@ class SyntheticGestures:
             _smooth_field(rng, (w, h), max(3.0, min(w, h) / 16))
         )
         self._tex_field = _smooth_field(rng, (w, h), max(3.0, min(w, h) / 25))
+        # Lower, varied limb/background contrast: pull every part's log albedo towards the
+        # background's (real people at DVS Gesture distance give sparse, ragged edges).
+        log_ratio = np.log(albedo / self._background)
+        log_ratio *= rng.uniform(0.25, 0.6) / max(float(np.abs(log_ratio).max()), 1e-6)
+        albedo = self._background * np.exp(log_ratio)
+        # Clothing: plain, stripes or a fine print, on the texture field.
+        cloth = int(rng.integers(3))
+        if cloth == 1:
+            period = rng.uniform(3.0, 7.0) * max(1.0, min(w, h) / 128)
+            yy = np.arange(h, dtype=np.float64)[:, None] + 0.3 * np.arange(w)[None, :]
+            self._tex_field = self._tex_field + 0.6 * np.sign(np.sin(2 * math.pi * yy / period))
+        elif cloth == 2:
+            self._tex_field = self._tex_field + 0.6 * _smooth_field(rng, (w, h), 1.5)
         return _Person(neck_x, neck_y, unit, albedo)
 
     @property
@@ -746,7 +962,30 @@ class SyntheticGestures:
             bend_r[m] = br
             bend_l[m] = bl
             offset[m] = env * off
+        head_dx = np.zeros(n)
+        for sc in self._scenes:
+            a, b = sc.segment.start_us, sc.segment.end_us
+            m = (t >= a) & (t < b)
+            if not m.any():
+                continue
+            s = (t[m] - a) / 1e6
+            dur = (b - a) / 1e6
+            ramp = min(0.4, dur / 4)
+            env = (_smoothstep(s / ramp) * _smoothstep((dur - s) / ramp))[:, None]
+            r, left, off, head = _scene_targets(sc.segment.name, s, dur, sc.extra)
+            if r is not None:
+                hand_r[m] = rest_r + env * (r - rest_r)
+                bend_r[m] = 1.0
+            if left is not None:
+                hand_l[m] = rest_l + env * (left - rest_l)
+                bend_l[m] = -1.0
+            offset[m] = (
+                off if sc.segment.name in ("walk", "leave_empty", "sit_stand") else (env * off)
+            )
+            head_dx[m] = env[:, 0] * head
         caps = _body_capsules(offset, hand_r, hand_l, bend_r, bend_l)
+        caps[:, 5, 0] += head_dx
+        caps[:, 5, 2] += head_dx
         p = self._person
         caps *= p.unit_px
         caps[:, :, 0] += p.neck_x
@@ -764,8 +1003,8 @@ class SyntheticGestures:
         return out.astype(np.float32)
 
     def _textures(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        bg = np.clip(self._background * (1.0 + 0.4 * self._bg_field), 0.03, None)
-        tex = np.clip(1.0 + 0.25 * self._tex_field, 0.3, None)
+        bg = np.clip(self._background * (1.0 + 0.25 * self._bg_field), 0.03, None)
+        tex = np.clip(1.0 + 0.2 * self._tex_field, 0.7, 1.4)
         return bg.astype(np.float32), tex.astype(np.float32)
 
     # -- simulation ------------------------------------------------------------------
@@ -819,8 +1058,16 @@ class SyntheticGestures:
 
         rng_sensor = np.random.default_rng(self._seed_sensor)
         sigma = cfg.threshold_sigma
-        c_on = np.clip(rng_sensor.normal(cfg.threshold_on, sigma, (h, w)), 0.05, None)
-        c_off = np.clip(rng_sensor.normal(cfg.threshold_off, sigma, (h, w)), 0.05, None)
+        # Log-normal mismatch: a few very sensitive pixels, many sluggish ones (ragged edges).
+        common = rng_sensor.standard_normal((h, w))
+        c_on = cfg.threshold_on * np.exp(
+            sigma / cfg.threshold_on * (0.7 * common + 0.71 * rng_sensor.standard_normal((h, w)))
+        )
+        c_off = cfg.threshold_off * np.exp(
+            sigma / cfg.threshold_off * (0.7 * common + 0.71 * rng_sensor.standard_normal((h, w)))
+        )
+        c_on = np.clip(c_on, 0.05, None)
+        c_off = np.clip(c_off, 0.05, None)
         n_hot = min(int(cfg.n_hot_pixels), w * h)
         hot_idx = rng_sensor.choice(w * h, size=n_hot, replace=False)
         hot_hz = rng_sensor.uniform(*cfg.hot_pixel_hz, size=n_hot)
@@ -840,6 +1087,8 @@ class SyntheticGestures:
         out_p = np.empty(capacity, np.uint8)
         refr = int(cfg.refractory_us)
         t0 = int(cfg.t0_us)
+        sensor_seed = int(rng_sensor.integers(0, 1 << 62))
+        carry = np.empty(0, dtype=EVENT_DTYPE)
 
         for b0 in range(0, n_frames, self.BLOCK_FRAMES):
             ft = frame_t[b0 : b0 + self.BLOCK_FRAMES + 1]
@@ -873,6 +1122,11 @@ class SyntheticGestures:
                     out_x,
                     out_y,
                     out_p,
+                    float(cfg.latency_us),
+                    MAX_BURST,
+                    sensor_seed,
+                    float(cfg.threshold_noise),
+                    float(cfg.burst_prob),
                 )
                 if f_next == f and n == 0:  # one frame needs more room than we have
                     capacity *= 4
@@ -888,9 +1142,15 @@ class SyntheticGestures:
                 ev["p"] = out_p[:n]
                 pieces.append(ev)
                 f = f_next
+            if len(carry):
+                pieces.insert(0, carry)
             ev = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
             ev = ev[np.argsort(ev["t"], kind="stable")]
-            yield ev, int(ft[-1])
+            end = int(ft[-1])
+            # Latency moves events past the block's end: they join the next block.
+            cut = int(np.searchsorted(ev["t"], t0 + end, side="left"))
+            carry = ev[cut:]
+            yield ev[:cut], end
 
     def _noise(
         self, rng: np.random.Generator, ta: int, tb: int, hot_idx: np.ndarray, hot_hz: np.ndarray

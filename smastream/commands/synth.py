@@ -54,16 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"), help="idle gap range in seconds (0.5 1.5)",
     )  # fmt: skip
     parser.add_argument(
-        "--noise-hz", type=non_negative_float, default=0.2,
-        help="background-activity noise per pixel, Hz (0.2)",
+        "--noise-hz", type=non_negative_float, default=0.03,
+        help="background-activity noise per pixel, Hz (0.03)",
     )  # fmt: skip
     parser.add_argument("--hot-pixels", type=int, default=3, help="number of hot pixels (3)")
     parser.add_argument(
-        "--threshold", type=positive_float, default=0.2,
-        help="mean ON and OFF contrast threshold, log intensity (0.2)",
+        "--no-gesture-share", type=non_negative_float, default=0.45,
+        help="share of the time outside gestures: still gaps plus no-gesture scenes (0.45)",
     )  # fmt: skip
     parser.add_argument(
-        "--refractory-us", type=int, default=250, help="pixel refractory period, µs (250)"
+        "--threshold", type=positive_float, default=0.25,
+        help="mean ON and OFF contrast threshold, log intensity (0.25)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refractory-us", type=int, default=1, help="pixel refractory period, µs (1)"
     )
     parser.add_argument(
         "--render-hz", type=positive_float, default=1000.0,
@@ -108,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             noise_hz=args.noise_hz,
             n_hot_pixels=args.hot_pixels,
             render_hz=args.render_hz,
+            no_gesture_share=args.no_gesture_share,
         )
     except ValueError as exc:
         raise SmastreamError(str(exc)) from None

@@ -35,6 +35,7 @@ SMALL = SynthConfig(
     gap_s=(0.3, 0.4),
     noise_hz=0.1,
     n_hot_pixels=1,
+    no_gesture_share=0.0,  # gestures and still gaps only (scenes: test_scenes_*)
 )
 
 
@@ -43,10 +44,12 @@ def small() -> tuple[Events, list[GestureWindow]]:
     return generate(SMALL)
 
 
-def _inside(events: Events, windows: list[GestureWindow]) -> np.ndarray:
+def _inside(events: Events, windows: list[GestureWindow], after_us: int = 200_000) -> np.ndarray:
+    """Events inside a window or up to ``after_us`` after it (pixel latency: an event can
+    come a few ms, in dark pixels tens of ms, after the change that caused it)."""
     inside = np.zeros(len(events), dtype=bool)
     for w in windows:
-        inside |= (events["t"] >= w.start_us) & (events["t"] < w.end_us)
+        inside |= (events["t"] >= w.start_us) & (events["t"] < w.end_us + after_us)
     return inside
 
 
@@ -73,7 +76,10 @@ def test_bad_config_is_rejected_quoting_the_value(field: str, value: object) -> 
 
 
 def test_schedule_has_every_class_in_shuffled_rounds_with_gaps() -> None:
-    cfg = SynthConfig(seconds=120.0, seed=5, gesture_s=(2.0, 6.0), gap_s=(0.5, 1.5), t0_us=777)
+    cfg = SynthConfig(
+        seconds=120.0, seed=5, gesture_s=(2.0, 6.0), gap_s=(0.5, 1.5), t0_us=777,
+        no_gesture_share=0.0,  # no scenes: gestures separated by still gaps only
+    )  # fmt: skip
     labels = SyntheticGestures(cfg).labels
     assert {w.label for w in labels} == set(range(NUM_CLASSES))
     first_round = [w.label for w in labels[:NUM_CLASSES]]
@@ -136,7 +142,7 @@ def test_gestures_move_the_named_arm_in_the_named_sense() -> None:
 
 
 def test_person_is_still_between_gestures() -> None:
-    gen = SyntheticGestures(SynthConfig(seconds=20.0, seed=4))
+    gen = SyntheticGestures(SynthConfig(seconds=20.0, seed=4, no_gesture_share=0.0))
     labels = gen.labels
     gaps = [(0, labels[0].start_us)] + [
         (a.end_us, b.start_us) for a, b in itertools.pairwise(labels)
@@ -165,7 +171,10 @@ def test_same_seed_same_events_other_seed_other_events(
 @pytest.mark.parametrize("sensor", ["37x50", "dvs128", "davis346"])
 def test_events_are_sorted_and_on_the_sensor(sensor: str) -> None:
     size = sensor_size(sensor)
-    cfg = SynthConfig(sensor_size=size, seconds=1.6, seed=2, gesture_s=(1.0, 1.0), gap_s=(0.3, 0.3))
+    cfg = SynthConfig(
+        sensor_size=size, seconds=1.6, seed=2, gesture_s=(1.0, 1.0), gap_s=(0.3, 0.3),
+        no_gesture_share=0.0,
+    )  # fmt: skip
     events, labels = generate(cfg)
     assert len(labels) == 1
     report = validate_events(events, size)
@@ -183,7 +192,8 @@ def test_events_concentrate_in_gestures_with_both_polarities(
     t_in = sum(w.duration_us for w in labels) / 1e6
     rate_in = inside.sum() / t_in
     rate_out = (~inside).sum() / (SMALL.seconds - t_in)
-    assert rate_in > 10 * rate_out, (rate_in, rate_out)
+    # The calibrated sensor is sparse (real-dvs128 spec): 5x, not the 10x of a dense one.
+    assert rate_in > 5 * rate_out, (rate_in, rate_out)
     on = events["p"][inside].mean()
     assert 0.3 < on < 0.7
     # Every gesture, not just some, produces events.
@@ -193,11 +203,13 @@ def test_events_concentrate_in_gestures_with_both_polarities(
 
 
 def test_idle_sensor_without_noise_is_silent_and_noise_rate_is_as_configured() -> None:
-    base = dict(sensor_size=(64, 48), seconds=3.0, seed=6, gesture_s=(1.0, 1.0))
+    base = dict(
+        sensor_size=(64, 48), seconds=3.0, seed=6, gesture_s=(1.0, 1.0), no_gesture_share=0.0
+    )
     quiet, labels = generate(SynthConfig(**base, noise_hz=0.0, n_hot_pixels=0))
     assert len(labels) == 1
     assert np.count_nonzero(~_inside(quiet, labels)) == 0
-    assert np.count_nonzero(_inside(quiet, labels)) > 1000
+    assert np.count_nonzero(_inside(quiet, labels)) > 300  # one 1 s gesture, sparse sensor
 
     noisy, _ = generate(SynthConfig(**base, noise_hz=5.0, n_hot_pixels=2, hot_pixel_hz=(400, 400)))
     gap = noisy[~_inside(noisy, labels)]
@@ -264,7 +276,7 @@ def _run_cli(argv: list[str]) -> int:
 _SMALL_ARGS = [
     "--sensor", "64x48", "--seconds", "4.5", "--seed", "11",
     "--gesture-s", "0.9", "1.1", "--gap-s", "0.3", "0.4", "--noise-hz", "0.1",
-    "--hot-pixels", "1", "--no-progress",
+    "--hot-pixels", "1", "--no-gesture-share", "0", "--no-progress",
 ]  # fmt: skip
 
 _FORMATS = ["aedat3.1"]
