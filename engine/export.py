@@ -702,3 +702,76 @@ def export_onnx(
         onnx.save(proto, str(staged))
         os.replace(staged, path)
     return {**meta, "ops": op_counts(proto)}
+
+
+# -- weights back out of a graph ---------------------------------------------------------
+
+
+def state_dict_from_onnx(path: str | Path) -> tuple[SMASNNConfig, dict[str, Tensor]]:
+    """Rebuild the weights of an exported network as an :class:`SMASNN` state dict.
+
+    The graph's initializers are named ``model.<module path>`` after the folded network
+    (:func:`fold_batchnorm`); each folded BN is put back as an identity BN (mean 0,
+    variance ``1 − ε``, so ``γ/√(σ² + ε)`` is 1 to within 2e-8 and folding again rounds
+    every float32 back to the same value): re-exporting the result reproduces the graph's
+    weights exactly. A ChannelAffine (the BN after an SMA fusion) becomes ``γ = scale``,
+    ``β = shift``. Use it to recover trainable weights from a shipped graph; the BN running
+    statistics are not the training ones (they are folded away), so fine-tune with the BN
+    layers in eval mode or re-estimate them first.
+
+    Raises:
+        ValueError: If the file is not a smastream export or its weights do not fit the
+            network its metadata describes.
+    """
+    from .model import config_from_dict
+
+    proto = onnx.load(str(path))
+    config = config_from_dict(read_metadata(proto)["config"])
+    model = SMASNN(config)
+    weights = {
+        t.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(t).copy())
+        for t in proto.graph.initializer
+        if t.name.startswith("model.")
+    }
+    state: dict[str, Tensor] = {}
+    used: set[str] = set()
+
+    def take(name: str, shape: torch.Size) -> Tensor:
+        if name not in weights:
+            raise ValueError(f"{path}: the graph has no weight {'model.' + name!r}")
+        used.add(name)
+        return weights[name].reshape(shape).float()
+
+    def identity_bn(prefix: str, bn: nn.BatchNorm2d) -> None:
+        n = bn.num_features
+        var = torch.full((n,), 1.0 - bn.eps, dtype=torch.float32)
+        state.update(
+            {
+                f"{prefix}.weight": torch.ones(n),
+                f"{prefix}.bias": torch.zeros(n),
+                f"{prefix}.running_mean": torch.zeros(n),
+                f"{prefix}.running_var": var,
+                f"{prefix}.num_batches_tracked": torch.tensor(0),
+            }
+        )
+
+    reference = model.state_dict()
+    for i, block in enumerate(model._blocks()):
+        p = f"blocks.{i}"
+        if block.sma is None:
+            identity_bn(f"{p}.bn", block.bn)
+        else:
+            n = block.bn.num_features
+            identity_bn(f"{p}.bn", block.bn)
+            state[f"{p}.bn.weight"] = take(f"{p}.bn.scale", torch.Size([n]))
+            state[f"{p}.bn.bias"] = take(f"{p}.bn.shift", torch.Size([n]))
+            for j, bn in enumerate(block.sma.bns):
+                identity_bn(f"{p}.sma.bns.{j}", cast(nn.BatchNorm2d, bn))
+    for name, value in reference.items():
+        if name not in state:
+            state[name] = take(name, value.shape)
+    left = sorted(set(weights) - used)
+    if left:
+        raise ValueError(f"{path}: graph weights the network has no place for: {left[:5]}")
+    model.load_state_dict(state)  # raises on any shape mismatch
+    return config, state
