@@ -69,6 +69,17 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _reraise_control(exc: BaseException) -> None:
+    """Re-raise ``exc`` unless it is a failure of the foreign decoder or encoder.
+
+    faery is Rust: a panic reaches Python as pyo3's ``PanicException``, which derives from
+    ``BaseException`` (so ``except Exception`` misses it). Callers catch ``BaseException``
+    around faery calls and hand it here, so Ctrl-C and ``SystemExit`` still propagate.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+
+
 @dataclass(frozen=True)
 class Aedat4Header:
     """What the ``IOHeader`` says.
@@ -144,8 +155,34 @@ def read_header(f: BinaryIO, path: str | Path) -> Aedat4Header:
         length = u("<I", spos, "info string length")
         if spos + 4 + length > size:
             raise FormatError(path, base + spos, "header info string out of bounds")
-        xml = buf[spos + 4 : spos + 4 + length].decode("utf-8", "replace")
+        raw_xml = buf[spos + 4 : spos + 4 + length]
+        try:
+            xml = raw_xml.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # faery quotes the bad text in its error message, and a Python error made from
+            # non-UTF-8 bytes aborts the whole process (pyo3 panics while unwinding):
+            # such a header must never reach it.
+            raise FormatError(
+                path, base + spos + 4 + exc.start, "header info string is not valid UTF-8"
+            ) from None
+        _check_xml(path, raw_xml, base + spos + 4)
     return Aedat4Header(COMPRESSIONS[comp], table_pos, base + size, xml)
+
+
+def _check_xml(path: str | Path, raw: bytes, offset: int) -> None:
+    """Raise :class:`FormatError` unless ``raw`` (the header's info string, at byte
+    ``offset`` of the file) is one well-formed XML document: faery's own XML parser is
+    only ever handed text that Python's expat has accepted."""
+    import xml.parsers.expat
+
+    parser = xml.parsers.expat.ParserCreate()
+    try:
+        parser.Parse(raw.rstrip(b"\0"), True)
+    except xml.parsers.expat.ExpatError as exc:
+        at = offset + int(parser.CurrentByteIndex) if parser.CurrentByteIndex >= 0 else offset
+        raise FormatError(
+            path, at, f"header info string is not well-formed XML ({_one_line(exc)})"
+        ) from None
 
 
 def walk_packets(
@@ -187,6 +224,9 @@ def walk_packets(
                 f"packet of {size} bytes is cut off by {what} "
                 f"({end - offset - 8} bytes present): truncated file",
             )
+        problem = payload_problem(f.read(min(size, 8)), size, header.compression)
+        if problem:
+            raise FormatError(path, offset, f"corrupt packet: {problem}")
         yield PacketInfo(offset, stream_id, size)
         offset += 8 + size
     if table > file_size or (table >= 0 and table == file_size):
@@ -195,6 +235,34 @@ def walk_packets(
             file_size,
             f"file ends before its data table (announced at byte {table}): truncated file",
         )
+
+
+_FRAME_MAGICS = {"LZ4": b"\x04\x22\x4d\x18", "ZSTD": b"\x28\xb5\x2f\xfd"}
+_MIN_FLATBUFFER = 12  # size prefix, root offset, file identifier
+
+
+def payload_problem(head: bytes, size: int, compression: str) -> str | None:
+    """Why a packet payload of ``size`` bytes starting with ``head`` (its first 8 bytes)
+    cannot be a packet of a file with ``compression``, or ``None``.
+
+    Checked before faery sees the packet: its flatbuffers code *panics* on a buffer
+    shorter than a size-prefixed root (a panic prints Rust's message to stderr, and a
+    panic while unwinding aborts the process), so such packets are refused here. A
+    compressed payload must start with its codec's frame magic; an uncompressed one must
+    be a whole size-prefixed Flatbuffer.
+    """
+    codec = compression.split("_")[0]
+    magic = _FRAME_MAGICS.get(codec)
+    if magic is not None:
+        if head[:4] != magic:
+            return f"payload does not start with a {codec} frame"
+        return None
+    if size < _MIN_FLATBUFFER:
+        return f"{size}-byte payload is shorter than a Flatbuffer ({_MIN_FLATBUFFER} bytes)"
+    (prefix,) = struct.unpack_from("<I", head, 0)
+    if prefix != size - 4:
+        return f"Flatbuffer size prefix {prefix} does not match the packet ({size - 4})"
+    return None
 
 
 def table_problem(blob: bytes, compression: str) -> str | None:
@@ -324,7 +392,13 @@ class Aedat4Reader(EventReader):
             self.header = read_header(self._file, self.path)
             self._decode_path = self._open_decoder_path()
             decoder = self._new_decoder()
-            self.streams = _streams(decoder)
+            try:
+                self.streams = _streams(decoder)
+            except BaseException as exc:
+                _reraise_control(exc)
+                raise FormatError(
+                    self.path, self.header.data_start, f"cannot decode: {_one_line(exc)}"
+                ) from None
             del decoder
         except BaseException:
             self.close()
@@ -347,7 +421,8 @@ class Aedat4Reader(EventReader):
     def _new_decoder(self) -> Any:
         try:
             return self._aedat.Decoder(self._decode_path)
-        except Exception as exc:  # faery raises RuntimeError/ValueError with a message
+        except BaseException as exc:  # faery: RuntimeError/ValueError, or a Rust panic
+            _reraise_control(exc)
             raise FormatError(
                 self.path, self.header.data_start, f"cannot decode: {_one_line(exc)}"
             ) from None
@@ -363,7 +438,8 @@ class Aedat4Reader(EventReader):
         try:
             self._aedat.Decoder(self.path)
             return self.path
-        except Exception as exc:
+        except BaseException as exc:
+            _reraise_control(exc)
             table = self.header.data_table_position
             if not 0 <= table <= self._file_size:
                 raise FormatError(
@@ -407,7 +483,8 @@ class Aedat4Reader(EventReader):
                 raise FormatError(
                     self.path, info.offset, "decoder stopped before this packet"
                 ) from None
-            except Exception as exc:
+            except BaseException as exc:
+                _reraise_control(exc)
                 kind = self._stream_by_id[info.stream_id].kind
                 raise FormatError(
                     self.path, info.offset, f"corrupt {kind} packet: {_one_line(exc)}"
@@ -427,7 +504,8 @@ class Aedat4Reader(EventReader):
             yield stream, payload
         try:
             extra = next(decoder, None)
-        except Exception as exc:
+        except BaseException as exc:
+            _reraise_control(exc)
             extra = exc
         if extra is not None:
             raise FormatError(
@@ -441,7 +519,13 @@ class Aedat4Reader(EventReader):
             problem = table_problem(self._file.read(), self.header.compression)
             if problem:
                 raise FormatError(self.path, table, f"damaged file data table: {problem}")
-            n_table = len(decoder.file_data_definitions())
+            try:
+                n_table = len(decoder.file_data_definitions())
+            except BaseException as exc:
+                _reraise_control(exc)
+                raise FormatError(
+                    self.path, table, f"damaged file data table: {_one_line(exc)}"
+                ) from None
             if n_table != n_packets:
                 raise FormatError(
                     self.path,
