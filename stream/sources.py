@@ -161,23 +161,32 @@ class FileSource:
             edge: int | None = None  # end (exclusive) of the packet being filled
             raw_first = 0
             pending: list[Events] = []
-            for chunk in self._reader:
-                if len(chunk) == 0:
-                    continue
-                if offset:
-                    chunk = chunk.copy()
-                    chunk["t"] += offset
-                if edge is None:
-                    raw_first = int(chunk["t"][0]) - offset
-                    edge = int(chunk["t"][0]) // self.packet_us * self.packet_us + self.packet_us
-                pending.append(chunk)
-                while int(chunk["t"][-1]) >= edge:
-                    yield self._emit(pending, edge, discontinuity)
-                    discontinuity = False
-                    edge += self.packet_us
+            try:
+                for chunk in self._reader:
+                    if len(chunk) == 0:
+                        continue
+                    if offset:
+                        chunk = chunk.copy()
+                        chunk["t"] += offset
+                    if edge is None:
+                        raw_first = int(chunk["t"][0]) - offset
+                        edge = (
+                            int(chunk["t"][0]) // self.packet_us * self.packet_us + self.packet_us
+                        )
+                    pending.append(chunk)
+                    while int(chunk["t"][-1]) >= edge:
+                        yield self._emit(pending, edge, discontinuity)
+                        discontinuity = False
+                        edge += self.packet_us
+            except SmastreamError:
+                # Damage: the events the reader delivered before it go out first (and so
+                # into a recording), then the error.
+                if edge is not None and pending:
+                    yield self._emit(pending, edge, discontinuity, rest=True)
+                raise
             if edge is None:  # nothing (left) to read
                 return
-            yield self._emit(pending, edge, discontinuity)
+            yield self._emit(pending, edge, discontinuity, rest=True)
             if not self.loop:
                 return
             first_pass = False
@@ -186,17 +195,26 @@ class FileSource:
             discontinuity = True
             self.pacer.reanchor()
 
-    def _emit(self, pending: list[Events], edge: int, discontinuity: bool) -> SourcePacket:
-        """Take the events before ``edge`` out of ``pending`` as one packet."""
+    def _emit(
+        self, pending: list[Events], edge: int, discontinuity: bool, rest: bool = False
+    ) -> SourcePacket:
+        """Take the events before ``edge`` out of ``pending`` as one packet; with ``rest``
+        (the end of the file), every event left, even one at or after ``edge`` where the
+        timestamps go back."""
+        if rest:
+            pending[:] = [np.concatenate(pending)] if pending else []
+            if pending and len(pending[0]):
+                last = int(pending[0]["t"].max())
+                edge = max(edge, last // self.packet_us * self.packet_us + self.packet_us)
         before: list[Events] = []
-        rest: list[Events] = []
+        rest_parts: list[Events] = []
         for part in pending:
-            cut = int(np.searchsorted(part["t"], edge, side="left"))
+            cut = len(part) if rest else int(np.searchsorted(part["t"], edge, side="left"))
             if cut:
                 before.append(part[:cut])
             if cut < len(part):
-                rest.append(part[cut:])
-        pending[:] = rest
+                rest_parts.append(part[cut:])
+        pending[:] = rest_parts
         events = (
             np.concatenate(before) if len(before) > 1 else (before[0] if before else empty_events())
         )
