@@ -1,4 +1,4 @@
-"""The calibrated synthetic sensor against the real DVS128 figures of ``shared/spec/real-dvs128.md``.
+"""The calibrated synthetic sensor against the real DVS128 figures (shared/spec/real-dvs128.md).
 
 Each statistic of a generated 40 s 128x128 recording (default config, the demo seed 7 and
 the first training seed 1000) must fall inside the **union of the three real sets' ranges**
