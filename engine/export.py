@@ -60,7 +60,10 @@ METADATA_KEY = "smastream"
 OPSET = 17
 FRAMES = "frames"
 LOGITS = "logits"
-DEFAULT_STEPS_PER_WINDOW = 4
+#: Bins per call of an exported graph: one, so that the live pipeline decides after every
+#: bin (the state carries across calls, so nothing is recomputed). A larger S is an
+#: export option for offline batch use.
+DEFAULT_STEPS_PER_WINDOW = 1
 #: Bin width used when a checkpoint does not record one (the training default,
 #: ``train.datasets.StreamConfig.bin_us``); :func:`bin_us_of` says when it was used.
 DEFAULT_BIN_US = 50_000
@@ -356,15 +359,18 @@ def bin_us_of(extra: Mapping[str, Any], override: int | None = None) -> tuple[in
 
 
 def steps_of(extra: Mapping[str, Any], override: int | None = None) -> int:
-    """Steps per window: ``override``, else the checkpoint's ``extra["steps_per_window"]``,
-    else :data:`DEFAULT_STEPS_PER_WINDOW`."""
+    """Steps per call of the graph to export: ``override``, else
+    :data:`DEFAULT_STEPS_PER_WINDOW` (1).
+
+    A checkpoint's ``extra["steps_per_window"]`` (what it was trained or exported with
+    before) is deliberately not used: the stateful network gives the same logits at any
+    ``S``, and one bin per call is what the live pipeline wants.
+    """
+    del extra  # kept in the signature: callers pass the checkpoint's extra
     if override is not None:
         if override < 1:
             raise ValueError(f"steps_per_window must be >= 1, got {override!r}")
         return int(override)
-    value = extra.get("steps_per_window")
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
     return DEFAULT_STEPS_PER_WINDOW
 
 

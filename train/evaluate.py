@@ -633,7 +633,7 @@ def export_checkpoint(
         )
     out = Path(out)
     bin_us, _ = ex.bin_us_of(extra)
-    steps = int(extra.get("steps_per_window", ex.DEFAULT_STEPS_PER_WINDOW))
+    steps = ex.steps_of(extra)  # one bin per call
     tcfg = extra.get("train_config", {})
     data = str(tcfg.get("data", "unspecified")) if isinstance(tcfg, dict) else "unspecified"
     light = {k: v for k, v in extra.items() if k not in ("optimizer", "rng_torch", "scaler")}

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps-per-window",
         type=positive_int,
-        help="time bins per call, fixed in the graph (default: the checkpoint's, else 4)",
+        help="time bins per call, fixed in the graph (default 1: a decision after every bin; "
+        "a larger S is for offline batch use)",
     )
     parser.add_argument(
         "--bin-ms", type=positive_float, help="bin width in ms (default: the checkpoint's)"

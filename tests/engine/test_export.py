@@ -323,8 +323,9 @@ def test_bin_width_comes_from_option_then_checkpoint_then_default() -> None:
     with pytest.raises(ValueError, match="-5"):
         bin_us_of({}, -5)
     assert steps_of({"steps_per_window": 8}, 2) == 2
-    assert steps_of({"steps_per_window": 8}) == 8
-    assert steps_of({}) == DEFAULT_STEPS_PER_WINDOW
+    # one bin per call by default, whatever the checkpoint was trained or exported with
+    assert steps_of({"steps_per_window": 8}) == DEFAULT_STEPS_PER_WINDOW == 1
+    assert steps_of({}) == 1
 
 
 def test_class_names_come_from_argument_then_checkpoint_then_gestures() -> None:
@@ -367,3 +368,72 @@ def test_metadata_json_is_plain(edge_export: tuple[Path, dict, SMASNN]) -> None:
     meta = json.loads(raw)
     assert meta["format"] == "smastream.onnx" and meta["bn_folded"] is True
     assert [n for n, _ in meta["state"]][:2] == ["block1_v", "block2_sma_u1"]
+
+
+# -- S = 1 and weights recovered from a graph ---------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "engine" / "models"
+
+
+def _run_graph(path: Path, frames: np.ndarray, calls: int) -> np.ndarray:
+    """Logits of ``frames [T, 1, 2, H, W]`` through ``path`` in ``calls`` calls, state fed
+    back."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = read_metadata(path)
+    state = {f"{n}_in": np.zeros(s, np.float32) for n, s in meta["state"]}
+    per = frames.shape[0] // calls
+    out = []
+    for i in range(calls):
+        res = sess.run(None, {"frames": frames[i * per : (i + 1) * per], **state})
+        state = {f"{n}_in": res[1 + j] for j, (n, _) in enumerate(meta["state"])}
+        out.append(res[0])
+    return np.concatenate(out)
+
+
+def test_weights_recovered_from_a_graph_reexport_bit_for_bit_at_any_s(tmp_path: Path) -> None:
+    from smastream.engine.export import state_dict_from_onnx
+
+    model = spiking_model(small_config(), seed=3)
+    s4 = tmp_path / "s4.onnx"
+    export_onnx(model, s4, steps_per_window=4)
+    config, state = state_dict_from_onnx(s4)
+    torch.save(state, tmp_path / "w.pt")
+    rebuilt = SMASNN(config)
+    rebuilt.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    again, s1 = tmp_path / "again.onnx", tmp_path / "s1.onnx"
+    export_onnx(rebuilt, again, steps_per_window=4)
+    export_onnx(rebuilt, s1)  # the default: one bin per call
+    assert read_metadata(s1)["steps_per_window"] == 1
+
+    def weights(p: Path) -> dict[str, np.ndarray]:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+
+    a, b = weights(s4), weights(again)
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(0.5, (8, 1, 2, 32, 64)).astype(np.float32)
+    ref = _run_graph(s4, frames, 2)
+    assert np.abs(ref).max() > 0
+    np.testing.assert_array_equal(_run_graph(s1, frames, 8), ref)
+
+
+def test_shipped_demo_is_s1_and_its_state_dict_rebuilds_it() -> None:
+    meta = read_metadata(DEMO / "demo.onnx")
+    assert meta["steps_per_window"] == 1
+    card = json.loads((DEMO / "demo.json").read_text())
+    config = preset_config(
+        card["preset"], width_multiplier=card["width"], num_classes=len(card["class_names"])
+    )
+    assert config_to_dict(config) == meta["config"]
+    model = SMASNN(config)
+    model.load_state_dict(torch.load(DEMO / "demo.pt", weights_only=True))
+    proto = onnx.load(str(DEMO / "demo.onnx"))
+    graph = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    folded = fold_batchnorm(model).state_dict()
+    for name, value in folded.items():
+        if f"model.{name}" in graph:
+            np.testing.assert_array_equal(
+                graph[f"model.{name}"].reshape(value.shape), value.numpy(), err_msg=name
+            )
