@@ -972,12 +972,12 @@ class SyntheticGestures:
             dur = (b - a) / 1e6
             ramp = min(0.4, dur / 4)
             env = (_smoothstep(s / ramp) * _smoothstep((dur - s) / ramp))[:, None]
-            r, left, off, head = _scene_targets(sc.segment.name, s, dur, sc.extra)
-            if r is not None:
-                hand_r[m] = rest_r + env * (r - rest_r)
+            sr, sl, off, head = _scene_targets(sc.segment.name, s, dur, sc.extra)
+            if sr is not None:
+                hand_r[m] = rest_r + env * (sr - rest_r)
                 bend_r[m] = 1.0
-            if left is not None:
-                hand_l[m] = rest_l + env * (left - rest_l)
+            if sl is not None:
+                hand_l[m] = rest_l + env * (sl - rest_l)
                 bend_l[m] = -1.0
             offset[m] = (
                 off if sc.segment.name in ("walk", "leave_empty", "sit_stand") else (env * off)
