@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from smastream import __version__
@@ -63,21 +65,33 @@ class _Signals:
 
     The first signal raises ``KeyboardInterrupt`` in the main thread, so ``finally``
     blocks close files and sockets; a second or third one while they run is only noted
-    (raising again would interrupt the cleanup with a traceback). Installed first thing
+    (raising again would interrupt the cleanup with a traceback), unless the cleanup has
+    already taken :attr:`FORCE_AFTER_S`: then the process ends at once. Installed first thing
     in :func:`main`, before the heavy imports, so that a signal during start-up is an
     orderly exit too; once the command has returned, signals are ignored until the
     process exits.
     """
 
+    FORCE_AFTER_S = 5.0
+    """A signal this long after the first one, with the cleanup still running (a stuck
+    device or socket), ends the process at once with one line (exit 130)."""
+
     def __init__(self) -> None:
         self.received = 0
         self.done = False
+        self.first_at = 0.0
         self.previous: dict[int, object] = {}
 
     def handler(self, signum: int, frame: object) -> None:
         self.received += 1
-        if self.received == 1 and not self.done:
+        if self.done:
+            return
+        if self.received == 1:
+            self.first_at = time.monotonic()
             raise KeyboardInterrupt
+        if time.monotonic() - self.first_at >= self.FORCE_AFTER_S:
+            os.write(2, b"smastream: cleanup did not finish; stopped without it\n")
+            os._exit(130)
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,10 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signals.install()
     try:
-        return _main(argv)
+        return _main(argv, signals)
     except KeyboardInterrupt:  # the first signal, in the instant before a command ran
         print("smastream: interrupted", file=sys.stderr)
         return 0
+    except Exception:
+        # A KeyboardInterrupt inside a C extension's import comes out as another error
+        # (numpy: "ImportError: PyCapsule_Import could not import module ..."): after a
+        # signal, that is the interruption, not a bug to report.
+        if signals.received:
+            print("smastream: interrupted", file=sys.stderr)
+            return 0
+        raise
     finally:
         signals.done = True
         if argv is not None:
@@ -119,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signals.ignore()
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, signals: _Signals) -> int:
     parser = build_parser()  # imports every command module: a signal may come meanwhile
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -128,6 +150,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return int(args._run(args) or 0)
     except SmastreamError as exc:
+        if signals.received:  # an error that the interruption caused (see main)
+            print(f"smastream {args.command}: interrupted", file=sys.stderr)
+            return 0
         print(f"smastream {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
