@@ -43,7 +43,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from smastream.errors import FormatError
+from smastream.errors import FormatError, SmastreamError
 from smastream.stream.events import EVENT_DTYPE, Events, as_events
 from smastream.stream.events import sensor_size as sensor_size_of
 from smastream.stream.formats.base import DEFAULT_CHUNK_EVENTS, EventReader, EventWriter
@@ -78,6 +78,14 @@ def _reraise_control(exc: BaseException) -> None:
     """
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         raise exc
+
+
+class WriteError(SmastreamError):
+    """An event file cannot be written (full disk, a folder, no permission): one line."""
+
+    def __init__(self, path: str | Path, cause: object) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: cannot write: {_one_line(cause)}")
 
 
 @dataclass(frozen=True)
@@ -658,9 +666,10 @@ class Aedat4Writer(EventWriter):
         camera: Stored as the stream's ``source`` (what readers report as the camera).
         compression: ``lz4`` (default), ``zstd`` or ``none``.
 
-    Every event is kept exactly (64-bit timestamps). Events must be sorted, with
-    ``t >= 0``, across calls too, and inside the sensor; otherwise ``write`` raises
-    ``ValueError`` and writes nothing of that call. ``close()`` writes the packet index and
+    Every event is kept (64-bit timestamps), exactly while time never goes back;
+    timestamps that go back are rebased (see :meth:`write`). The first ``t`` must be
+    ``>= 0`` and events inside the sensor; otherwise ``write`` raises ``ValueError`` and
+    writes nothing of that call. Write failures raise :class:`WriteError`. ``close()`` writes the packet index and
     leaves a complete file. If the process is killed, everything but the encoder's last
     ~8 KiB buffer (about 1000 LZ4 events) is on disk; :class:`Aedat4Reader` delivers it and
     then reports the cut-off packet.
@@ -689,20 +698,36 @@ class Aedat4Writer(EventWriter):
         self.camera = camera
         self.compression = compression
         self._faery_dtype = faery.EVENTS_DTYPE
-        self._last_t = -1
-        self._encoder: Any = aedat.Encoder(
-            str(self.path),
-            _description(size, camera, compression if compression != "none" else "NONE", aedat),
-            WRITER_COMPRESSIONS[compression],
-        )
+        self._last_t = -1  # last timestamp written (after rebasing)
+        self._last_raw_t: int | None = None  # last timestamp received
+        self.regressions = 0
+        self.rebased_us = 0
+        self._encoder: Any = None
+        try:
+            self._encoder = aedat.Encoder(
+                str(self.path),
+                _description(
+                    size, camera, compression if compression != "none" else "NONE", aedat
+                ),
+                WRITER_COMPRESSIONS[compression],
+            )
+        except BaseException as exc:
+            _reraise_control(exc)
+            raise WriteError(self.path, exc) from None
 
     def write(self, events: Events) -> None:
-        """Append ``events`` (any length, including 0).
+        """Append ``events`` (any length, including 0), every one of them.
+
+        AEDAT 4 (faery) stores only non-decreasing timestamps, so events whose time goes
+        back (within or across calls: a camera glitch, a publisher restart) are *rebased*:
+        a step back becomes a step of 0 and everything after keeps its spacing, shifted
+        by the step. ``regressions`` counts the steps back, ``rebased_us`` sums them.
 
         Raises:
-            ValueError: unsorted timestamps (within or across calls), ``t < 0``,
-                coordinates outside the sensor, polarity not 0/1, or a closed writer.
+            ValueError: first ``t < 0``, coordinates outside the sensor, polarity not
+                0/1, or a closed writer.
             TypeError: not a structured array with fields t, x, y, p.
+            WriteError: the file cannot be written (disk full, ...).
         """
         if self._encoder is None:
             raise ValueError(f"write to closed writer of {self.path}")
@@ -710,29 +735,59 @@ class Aedat4Writer(EventWriter):
         if len(ev) == 0:
             return
         t = ev["t"]
-        if int(t[0]) < 0:
+        if self._last_raw_t is None and int(t[0]) < 0:
             raise ValueError(f"timestamps must be >= 0 for AEDAT 4, got {int(t[0])}")
-        if int(t[0]) < self._last_t:
-            raise ValueError(f"timestamps go back across writes: {int(t[0])} after {self._last_t}")
-        back = np.flatnonzero(np.diff(t) < 0)
-        if back.size:
-            i = int(back[0])
-            raise ValueError(
-                f"{back.size} timestamps go back inside the packet, first at index {i + 1}: "
-                f"{int(t[i + 1])} after {int(t[i])}"
-            )
+        raw_last = int(t[-1])
+        t_out, n_back, back_us = self._rebase(t)
+        if t_out is not t:
+            ev = ev.copy()
+            ev["t"] = t_out
+            t = t_out
         w, h = self.sensor_size
         xmax, ymax, pmax = int(ev["x"].max()), int(ev["y"].max()), int(ev["p"].max())
         if xmax >= w or ymax >= h:
             raise ValueError(f"coordinates up to x={xmax}, y={ymax} outside the {w}x{h} sensor")
         if pmax > 1:
             raise ValueError(f"polarity must be 0 or 1, got {pmax}")
-        self._encoder.write(0, np.ascontiguousarray(ev).view(self._faery_dtype))
+        try:
+            self._encoder.write(0, np.ascontiguousarray(ev).view(self._faery_dtype))
+        except BaseException as exc:
+            _reraise_control(exc)
+            self._encoder = None  # a failed encoder is not flushed again on close
+            raise WriteError(self.path, exc) from None
         self._last_t = int(t[-1])
+        self._last_raw_t = raw_last
+        self.regressions += n_back
+        self.rebased_us += back_us
         self.events_written += len(ev)
 
+    def _rebase(self, t: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """``(timestamps to write, steps back, µs back)`` for received ``t``: ``t`` itself
+        while time never went back, else each step back made a step of 0 (see
+        :meth:`write`)."""
+        prev = self._last_raw_t
+        steps = np.diff(t) if prev is None else np.diff(t, prepend=prev)
+        back = steps < 0
+        n_back = int(np.count_nonzero(back))
+        offset = self._last_t - prev if prev is not None else 0
+        if n_back == 0:
+            return (t if offset == 0 else t + offset), 0, 0
+        back_us = int(-steps[back].sum())
+        steps = np.where(back, 0, steps)
+        if prev is None:
+            return np.concatenate(([t[0]], t[0] + np.cumsum(steps))), n_back, back_us
+        return self._last_t + np.cumsum(steps), n_back, back_us
+
     def close(self) -> None:
-        """Flush, write the packet index and close the file (idempotent)."""
+        """Flush, write the packet index and close the file (idempotent).
+
+        Raises:
+            WriteError: the file cannot be written (disk full, ...).
+        """
         if self._encoder is not None:
             encoder, self._encoder = self._encoder, None
-            encoder.__exit__(None, None, None)
+            try:
+                encoder.__exit__(None, None, None)
+            except BaseException as exc:
+                _reraise_control(exc)
+                raise WriteError(self.path, exc) from None

@@ -194,15 +194,12 @@ def test_writer_rejects_bad_events(tmp_path: Path, rng: np.random.Generator) -> 
     ev = random_events(rng, 100, size=(128, 128), t0=1000)
     w = Aedat4Writer(tmp_path / "bad.aedat4", (128, 128))
     w.write(ev)
-    with pytest.raises(ValueError, match="go back across writes"):
-        w.write(ev)
-    with pytest.raises(ValueError, match="inside the packet"):
-        w.write(ev[::-1].copy())
     late = ev.copy()
     late["t"] += 10**6
     late["x"][5] = 128
     with pytest.raises(ValueError, match="outside the 128x128"):
         w.write(late)
+    assert w.regressions == 0  # a refused write counts nothing
     w.close()
     w.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
@@ -340,3 +337,41 @@ def test_killed_writer_leaves_readable_prefix(tmp_path: Path) -> None:
     got, _err = read_until_error(path)
     assert len(got) >= 190_000  # all but the encoder's last buffer
     np.testing.assert_array_equal(got["t"], np.arange(len(got)) * 7)
+
+
+def test_writer_rebases_timestamps_that_go_back(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Every event is recorded: a step back (within or across writes) becomes a step of
+    0, everything after keeps its spacing, and the steps are counted."""
+    ev = random_events(rng, 100, size=(128, 128), t0=1000)
+    t = ev["t"].copy()
+    swapped = ev.copy()
+    swapped["t"][[10, 11]] = swapped["t"][[11, 10]]
+    with Aedat4Writer(tmp_path / "r.aedat4", (128, 128)) as w:
+        w.write(ev)
+        w.write(swapped)  # goes back across the writes and once inside
+        w.write(ev[::-1].copy())
+    got = read_all(tmp_path / "r.aedat4")
+    sent = np.concatenate([ev, swapped, ev[::-1]])
+    assert len(got) == len(sent) == w.events_written
+    for f in ("x", "y", "p"):
+        assert (got[f] == sent[f]).all()
+    assert (np.diff(got["t"]) >= 0).all()
+    steps = np.diff(sent["t"].astype(np.int64))
+    assert w.regressions == int((steps < 0).sum()) >= 3
+    assert w.rebased_us == int(-steps[steps < 0].sum())
+    assert (np.diff(got["t"]) == np.maximum(steps, 0)).all()
+    assert got["t"][: len(ev)].tobytes() == t.tobytes()  # exact while time never goes back
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "missing-dir/x.aedat4", "."])
+def test_writer_failures_are_write_errors(tmp_path: Path, target: str) -> None:
+    from smastream.stream.formats.aedat4 import WriteError
+
+    path = target if target.startswith("/") else tmp_path / target
+    ev = random_events(np.random.default_rng(0), 50_000, size=(128, 128), t0=0)
+    with pytest.raises(WriteError, match=r"cannot write: .*\(os error \d+\)$"):
+        w = Aedat4Writer(path, (128, 128))
+        try:
+            w.write(ev)
+        finally:
+            w.close()
