@@ -30,7 +30,7 @@ def test_synth_then_info_reports_sensor_rate_and_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rec.aedat4"
-    assert main(["synth", str(out), "--seconds", "12", "--sensor", "davis346", "--seed", "5"]) == 0
+    assert main(["synth", str(out), "--seconds", "20", "--sensor", "davis346", "--seed", "5"]) == 0
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
