@@ -329,6 +329,7 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
 
     Closes everything it opened on every path, Ctrl-C included.
     """
+    import contextlib
     import sys
 
     from smastream.errors import SmastreamError
@@ -369,6 +370,10 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
         if isinstance(source, FileSource) and not source.loop:
             candidate = labels_path_for(source.path)
             labels = candidate if candidate.exists() else None
+            if labels is not None:
+                from smastream.stream.formats.labels import read_labels
+
+                read_labels(labels)  # a bad label file fails before the run, not after it
         config = PipelineConfig(
             decision=decision,
             keep_decisions=labels is not None,
@@ -387,13 +392,19 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
             lost_packets=getattr(source, "lost_packets", None),
         )
         if window or args.video:
-            display = OverlayDisplay(
-                window=window,
-                video=args.video,
-                input_size=info.input_size,
-                window_s=bin_us * info.steps_per_window / 1e6,
-                class_names=info.class_names,
-            )
+            try:
+                display = OverlayDisplay(
+                    window=window,
+                    video=args.video,
+                    input_size=info.input_size,
+                    window_s=bin_us * info.steps_per_window / 1e6,
+                    class_names=info.class_names,
+                )
+            except KeyboardInterrupt:  # while the video was being opened: a stub with no
+                if args.video is not None:  # frame, which nothing plays
+                    with contextlib.suppress(OSError):
+                        Path(args.video).unlink(missing_ok=True)
+                raise
         stats = pipeline.run(display)
         if not args.quiet:
             print(summary_line(stats), file=sys.stderr)
