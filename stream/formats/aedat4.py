@@ -43,10 +43,15 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from smastream.errors import FormatError, SmastreamError
+from smastream.errors import FormatError
 from smastream.stream.events import EVENT_DTYPE, Events, as_events
 from smastream.stream.events import sensor_size as sensor_size_of
-from smastream.stream.formats.base import DEFAULT_CHUNK_EVENTS, EventReader, EventWriter
+from smastream.stream.formats.base import (
+    DEFAULT_CHUNK_EVENTS,
+    EventReader,
+    EventWriter,
+    WriteError,
+)
 
 MAGIC = b"#!AER-DAT4.0\r\n"
 """The first 14 bytes of every AEDAT 4.0 file."""
@@ -78,14 +83,6 @@ def _reraise_control(exc: BaseException) -> None:
     """
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         raise exc
-
-
-class WriteError(SmastreamError):
-    """An event file cannot be written (full disk, a folder, no permission): one line."""
-
-    def __init__(self, path: str | Path, cause: object) -> None:
-        self.path = str(path)
-        super().__init__(f"{self.path}: cannot write: {_one_line(cause)}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from smastream.errors import SmastreamError
 from smastream.stream.events import Events
 
 DEFAULT_CHUNK_EVENTS = 1 << 18
@@ -73,6 +74,16 @@ class EventReader(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class WriteError(SmastreamError):
+    """A file cannot be written (full disk, a folder, no permission): one line, naming
+    the file and the operating system's reason."""
+
+    def __init__(self, path: str | Path, cause: object) -> None:
+        self.path = str(path)
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+        super().__init__(f"{self.path}: cannot write: {' '.join(str(reason).split())}")
 
 
 class EventWriter(abc.ABC):

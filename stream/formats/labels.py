@@ -9,14 +9,19 @@ are, and :attr:`Labels.overlaps` reports every overlapping pair.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smastream.errors import FormatError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES
+from smastream.stream.formats.base import WriteError
 
 HEADER = ("class", "startTime_usec", "endTime_usec")
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_INT64 = 1 << 63
 
 
 @dataclass(frozen=True, order=True)
@@ -98,7 +103,10 @@ def read_labels(path: str | Path) -> Labels:
         stripped = line.strip()
         if not stripped:
             continue
-        cells = [c.strip() for c in next(csv.reader([stripped]))]
+        try:
+            cells = [c.strip() for c in next(csv.reader([stripped]))]
+        except csv.Error as exc:
+            raise FormatError(p, row_offset, f"line {lineno}: {exc}") from None
         if not header_seen:
             header_seen = True
             if tuple(cells) != HEADER:
@@ -106,9 +114,14 @@ def read_labels(path: str | Path) -> Labels:
                     p, row_offset, f"line {lineno}: header {cells} is not {list(HEADER)}"
                 )
             continue
-        if len(cells) != 3 or not all(c.lstrip("-").isdigit() for c in cells):
+        # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses).
+        if len(cells) != 3 or not all(_INTEGER.fullmatch(c) for c in cells):
             raise FormatError(p, row_offset, f"line {lineno}: expected 3 integers, got {cells}")
         cls, start, end = (int(c) for c in cells)
+        if not all(-_INT64 <= v < _INT64 for v in (start, end)):
+            raise FormatError(
+                p, row_offset, f"line {lineno}: time outside the 64-bit range: {cells}"
+            )
         if not 1 <= cls <= NUM_CLASSES:
             raise FormatError(p, row_offset, f"line {lineno}: class {cls} outside 1..{NUM_CLASSES}")
         if end <= start:
@@ -124,11 +137,19 @@ def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
     crash never leaves a half-written file under the final name."""
     p = Path(path)
     tmp = p.with_name(p.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(HEADER)
-        for win in windows:
-            if not 0 <= win.label < NUM_CLASSES:
-                raise ValueError(f"label {win.label} outside 0..{NUM_CLASSES - 1}")
-            w.writerow((win.label + 1, win.start_us, win.end_us))
-    tmp.replace(p)
+    done = False
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(HEADER)
+            for win in windows:
+                if not 0 <= win.label < NUM_CLASSES:
+                    raise ValueError(f"label {win.label} outside 0..{NUM_CLASSES - 1}")
+                w.writerow((win.label + 1, win.start_us, win.end_us))
+        tmp.replace(p)
+        done = True
+    except OSError as exc:
+        raise WriteError(p, exc) from None
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)

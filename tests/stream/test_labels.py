@@ -51,6 +51,9 @@ def test_labels_path_for() -> None:
         ("class,startTime_usec,endTime_usec\n12,0,10\n", "class 12"),
         ("class,startTime_usec,endTime_usec\n1,10,10\n", "not after"),
         ("class,startTime_usec,endTime_usec\n1,abc,10\n", "3 integers"),
+        ("class,startTime_usec,endTime_usec\n1,--5,10\n", "3 integers"),
+        ("class,startTime_usec,endTime_usec\n1,\u00b2,10\n", "3 integers"),  # isdigit() is true
+        ("class,startTime_usec,endTime_usec\n1,0,99999999999999999999\n", "64-bit"),
     ],
 )
 def test_bad_label_files(tmp_path: Path, text: str, match: str) -> None:
@@ -59,3 +62,14 @@ def test_bad_label_files(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(FormatError, match=match) as err:
         read_labels(path)
     assert str(path) in str(err.value)
+
+
+def test_write_labels_failure_leaves_nothing(tmp_path: Path) -> None:
+    from smastream.stream.formats.base import WriteError
+    from smastream.stream.formats.labels import GestureWindow, write_labels
+
+    target = tmp_path / "x_labels.csv"
+    target.mkdir()  # replacing a folder fails after the .part file is written
+    with pytest.raises(WriteError, match="cannot write"):
+        write_labels(target, [GestureWindow(0, 10, 0)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_labels.csv"]
