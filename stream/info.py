@@ -20,12 +20,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from smastream.errors import FormatError
 from smastream.stream.events import Events, validate_events
 from smastream.stream.formats import open_events
 from smastream.stream.formats.labels import labels_path_for, read_labels
 
 PEAK_BIN_US = 10_000
 """Bin width of the peak event rate, in µs."""
+
+JUMP_US = 10_000_000
+"""A step forward in time between two consecutive events longer than this (10 s) is
+listed as a problem: no camera is silent that long (sensor noise alone gives events every
+few ms), so it is a corrupted timestamp or a clock jump, and a replay skips it."""
 
 
 def bin_counts(t: npt.NDArray[np.int64], bin_us: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +65,8 @@ class EventStats:
         unsorted: Timestamps lower than the previous event's (within and across chunks).
         out_of_range: Events outside ``size``, when given.
         peak_count: Most events in one ``bin_us`` bin so far (including the open bin).
+        jumps: Steps forward longer than ``jump_us`` between consecutive events.
+        largest_jump_us: The longest such step; ``jump_at_us`` the timestamp it lands on.
     """
 
     size: tuple[int, int] | None = None
@@ -71,6 +79,10 @@ class EventStats:
     out_of_range: int = 0
     bad_polarity: int = 0
     peak_count: int = 0
+    jump_us: int = JUMP_US
+    jumps: int = 0
+    largest_jump_us: int = 0
+    jump_at_us: int | None = None
     _last_t: int | None = None
     _open_bin: int | None = None
     _open_count: int = 0
@@ -93,6 +105,13 @@ class EventStats:
         self.t_max = hi if self.t_max is None else max(self.t_max, hi)
         if self._last_t is not None and int(t[0]) < self._last_t:
             self.unsorted += 1
+        steps = np.diff(t, prepend=t[0] if self._last_t is None else self._last_t)
+        big = np.flatnonzero(steps > self.jump_us)
+        if big.size:
+            self.jumps += int(big.size)
+            i = int(big[np.argmax(steps[big])])
+            if int(steps[i]) > self.largest_jump_us:
+                self.largest_jump_us, self.jump_at_us = int(steps[i]), int(t[i])
         self._last_t = int(t[-1])
         bins, counts = bin_counts(t, self.bin_us)
         if self._open_bin is not None and int(bins[0]) == self._open_bin:
@@ -142,10 +161,18 @@ class FileSummary:
     skipped: dict[str, int] = field(default_factory=dict)
     labels: LabelsSummary | None = None
     problems: list[str] = field(default_factory=list)
+    damage: FormatError | None = None
+    """The damage the reader stopped at (everything above is what was read before it)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        damage = self.damage
+        self.damage = None  # asdict() deep-copies; an exception is not data
+        try:
+            out = asdict(self)
+        finally:
+            self.damage = damage
         out["sensor_size"] = list(self.sensor_size) if self.sensor_size else None
+        out["error"] = str(damage) if damage is not None else None
         return out
 
 
@@ -177,25 +204,38 @@ def summarize_labels(path: Path, t_min: int | None, t_max: int | None) -> Labels
 def describe(path: str | Path, bin_us: int = PEAK_BIN_US) -> FileSummary:
     """Stream ``path`` once and summarise it.
 
+    A damaged file is summarised up to the damage, which is returned in ``damage`` (and
+    listed first in ``problems``); the caller reports it.
+
     Raises:
-        FormatError: unknown format, or a damaged file (after reading up to the damage),
-            or a malformed label file beside it.
+        FormatError: unknown format or unreadable header (nothing read), or a malformed
+            label file beside it.
     """
     p = Path(path)
+    damage: FormatError | None = None
     with open_events(p) as reader:
         stats = EventStats(size=reader.sensor_size, bin_us=bin_us)
-        for chunk in reader:
-            stats.update(chunk)
-        other = reader.other_streams()
+        other: dict[str, int] = {}
+        try:
+            for chunk in reader:
+                stats.update(chunk)
+            other = reader.other_streams()
+        except FormatError as exc:
+            damage = exc
         skipped = dict(reader.skipped)
         fmt, size, camera = reader.format, reader.sensor_size, reader.camera
-    problems = []
+    problems = [f"damaged at byte {damage.offset}: {damage.cause}"] if damage else []
     if stats.unsorted:
         problems.append(f"{stats.unsorted} timestamps go back in time")
     if stats.out_of_range and size is not None:
         problems.append(f"{stats.out_of_range} events outside the {size[0]}x{size[1]} sensor")
     if stats.bad_polarity:
         problems.append(f"{stats.bad_polarity} polarities not 0 or 1")
+    if stats.jumps:
+        problems.append(
+            f"{stats.jumps} forward timestamp jump(s) over {stats.jump_us / 1e6:g} s "
+            f"(largest {stats.largest_jump_us / 1e6:.3f} s, to t = {stats.jump_at_us} us)"
+        )
     duration_s = (
         (stats.t_max - stats.t_min) / 1e6
         if stats.t_max is not None and stats.t_min is not None
@@ -228,4 +268,5 @@ def describe(path: str | Path, bin_us: int = PEAK_BIN_US) -> FileSummary:
         skipped=skipped,
         labels=labels,
         problems=problems,
+        damage=damage,
     )

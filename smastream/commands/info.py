@@ -1,7 +1,8 @@
 """``smastream info FILE [--json]``: describe an event file.
 
 Prints aligned ``key  value`` lines, or one JSON object with ``--json``. A damaged file
-raises :class:`~smastream.errors.FormatError`, which the CLI prints as one line (exit 1).
+is described up to the damage, then its :class:`~smastream.errors.FormatError` is raised,
+which the CLI prints as one line (exit 1).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     summary = describe(args.file)
     if args.json:
-        print(json.dumps(summary.to_dict()))
+        print(json.dumps(summary.to_dict()), flush=True)
     else:
-        print(format_summary(summary))
+        print(format_summary(summary), flush=True)
+    if summary.damage is not None:
+        raise summary.damage  # what was read is above; the damage is the one-line error
     return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from smastream.cli import main
+from smastream.errors import FormatError
 from smastream.stream.events import EVENT_DTYPE
 from smastream.stream.formats import open_events
 from smastream.stream.formats.aedat4 import Aedat4Writer
@@ -134,10 +136,54 @@ def test_info_truncated_file_one_line_error(
     bad.write_bytes((real_data / "aestream" / "davis.aedat4").read_bytes()[:600_000])
     assert main(["info", str(bad)]) == 1
     captured = capsys.readouterr()
-    assert captured.out == ""
     err = captured.err.strip()
     assert "\n" not in err and "Traceback" not in err
     assert str(bad) in err and "at byte 543465" in err and "truncated" in err
+    # What was read before the damage is printed first, and it is what a reader delivers.
+    delivered = 0
+    with open_events(bad) as reader, pytest.raises(FormatError):
+        for chunk in reader:
+            delivered += len(chunk)
+    assert delivered > 0
+    assert f"events         {delivered:,} " in captured.out
+    assert "problems       damaged at byte 543465" in captured.out
+    assert main(["info", str(bad), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_events"] == delivered and "at byte 543465" in out["error"]
+
+
+def test_info_lists_a_forward_timestamp_jump(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An AEDAT 3.1 file whose last packet's eventTSOverflow is 1: a 2,147 s jump."""
+    src = tmp_path / "s.aedat"
+    assert main(["synth", str(src), "--format", "aedat3.1", "--seconds", "3"]) == 0
+    data = bytearray(src.read_bytes())
+    offset, last = data.index(b"#!END-HEADER\r\n") + 14, -1
+    while offset + 28 <= len(data):
+        _, _, size, _, _, capacity, _, _ = struct.unpack_from("<hhiiiiii", data, offset)
+        last, offset = offset, offset + 28 + capacity * size
+    assert offset == len(data) and last > 0
+    struct.pack_into("<i", data, last + 12, 1)  # eventTSOverflow of the last packet
+    bad = tmp_path / "jump.aedat"
+    bad.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["info", str(bad)]) == 0
+    problems = capsys.readouterr().out.splitlines()[-1]
+    assert re.search(r"1 forward timestamp jump\(s\) over 10 s \(largest 214\d\.\d{3} s", problems)
+    assert not any("jump" in p for p in describe(src).problems)
+
+
+def test_stats_count_forward_jumps_across_chunks() -> None:
+    ev = np.zeros(6, EVENT_DTYPE)
+    ev["t"] = [0, 5, 20_000_010, 20_000_020, 20_000_021, 50_000_000]
+    whole, split = EventStats(), EventStats()
+    whole.update(ev)
+    split.update(ev[:2])
+    split.update(ev[2:5])
+    split.update(ev[5:])
+    for s in (whole, split):
+        assert (s.jumps, s.largest_jump_us, s.jump_at_us) == (2, 29_999_979, 50_000_000)
 
 
 def test_info_unknown_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
