@@ -723,6 +723,16 @@ class Binner:
         self._advance((now - self._start) // self.window_us, out)
         return out
 
+    def finish(self) -> list[Window]:
+        """End of the stream: hand on the unfinished window if it holds any event (its
+        later bins may be empty), so that a stream shorter than one window, or the last
+        partial bin of a file, is still decided. The binner then starts afresh."""
+        if self._start is None or self.pending_events == 0:
+            return []
+        win = self._emit()
+        self._start = None
+        return [win]
+
     def reset(self, t0_us: int | None = None) -> None:
         """Drop the unfinished window (its events count as ``discarded``) and restart at
         ``t0_us`` (``None``: from the next event or flush). Counters are kept."""

@@ -22,7 +22,9 @@ skipped gap) and when the decider reports an idle timeout.
 from __future__ import annotations
 
 import collections
+import copy
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -121,13 +123,30 @@ class Reset:
     reason: str
 
 
+#: A forward gap in sensor time longer than this is skipped by the binner (counted,
+#: flagged, state reset) rather than run through the model as empty bins.
+MAX_GAP_US = 1_000_000
+#: Events this far (or more) behind the binner's window are a new time base (a publisher
+#: restart, a backward clock), not late events: binner and engine are reset.
+BACKWARD_RESET_US = 1_000_000
+#: Wall-time quantiles kept per window for the event -> decision percentiles.
+EVENT_QUANTILES = 16
+
+
 @dataclass(frozen=True)
 class ClosedWindow:
-    """A window and when (wall clock, ``time.perf_counter``) the ingest stage closed it."""
+    """A window and when (wall clock, ``time.perf_counter``) the ingest stage closed it.
+
+    ``event_wall_mean`` and ``event_wall_q`` are the mean and :data:`EVENT_QUANTILES`
+    quantiles of the wall times of its events (sensor time mapped to wall time at the
+    packet's arrival, see :meth:`Pipeline._event_walls`); None without events.
+    """
 
     window: Window
     closed_wall: float
     bin_ms: float
+    event_wall_mean: float | None = None
+    event_wall_q: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +180,11 @@ class PipelineStats:
     camera or subscription it includes waiting for data), ``bin`` binning per window,
     ``infer`` one runtime call, ``decide`` the decision layer, ``render`` one overlay
     frame. ``end_to_end`` runs from the moment the ingest stage closed a window (its last
-    bin complete) to its decisions.
+    bin complete) to its decisions. ``event_*`` is event -> decision: per window the
+    event-weighted mean latency from its events' wall times to its decisions
+    (``event_mean_ms``, weight ``event_weight`` = its event count) and that latency at
+    :data:`EVENT_QUANTILES` quantiles of its events (``event_q_ms``); see
+    :meth:`event_latency`.
     """
 
     packets: int = 0
@@ -180,11 +203,34 @@ class PipelineStats:
     decide_ms: Samples = field(default_factory=_samples)
     render_ms: Samples = field(default_factory=_samples)
     end_to_end_ms: Samples = field(default_factory=_samples)
+    event_mean_ms: Samples = field(default_factory=_samples)
+    event_weight: Samples = field(default_factory=_samples)
+    event_q_ms: collections.deque[np.ndarray] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_SAMPLES)
+    )
     wall_s: float = 0.0
     sensor_s: float = 0.0
 
     def count_reset(self, reason: str) -> None:
         self.resets[reason] = self.resets.get(reason, 0) + 1
+
+    def event_latency(self) -> dict[str, float]:
+        """Event -> decision latency, ms, weighted by events: ``mean``, ``p50``, ``p99``
+        (NaN when no window had events)."""
+        w = np.asarray(self.event_weight, dtype=np.float64)
+        if not len(w) or w.sum() <= 0:
+            return {"mean": float("nan"), "p50": float("nan"), "p99": float("nan")}
+        mean = float(np.dot(np.asarray(self.event_mean_ms, dtype=np.float64), w) / w.sum())
+        q = np.concatenate(list(self.event_q_ms))
+        qw = np.repeat(w / EVENT_QUANTILES, EVENT_QUANTILES)
+        order = np.argsort(q, kind="stable")
+        cum = np.cumsum(qw[order])
+        cum /= cum[-1]
+
+        def at(p: float) -> float:
+            return float(q[order][min(int(np.searchsorted(cum, p)), len(q) - 1)])
+
+        return {"mean": mean, "p50": at(0.5), "p99": at(0.99)}
 
 
 @dataclass
@@ -295,9 +341,18 @@ class Pipeline:
         self.bin_us = int(bin_us or info.bin_us)
         self.steps = info.steps_per_window
         crop, out = model_geometry(source.sensor_size, info.input_size)
+        gap_windows = max(1, math.ceil(MAX_GAP_US / (self.bin_us * self.steps)))
         self.binner = Binner(
-            None, self.bin_us, self.steps, source.sensor_size, crop=crop, output_size=out
+            None,
+            self.bin_us,
+            self.steps,
+            source.sensor_size,
+            crop=crop,
+            output_size=out,
+            max_gap_windows=gap_windows,
         )
+        self._pending_walls: list[np.ndarray] = []  # of the unfinished window
+        self._window_walls: list[np.ndarray] = []  # of the windows being emitted
         names = list(info.class_names)
         self.no_gesture_class = names.index(NO_GESTURE) if NO_GESTURE in names else None
         self.decider = Decider(self.config.decision, len(names), names)
@@ -326,6 +381,7 @@ class Pipeline:
 
         probe = empty_events(1)
         bin_events(probe, 0, self.bin_us, 1, self.source.sensor_size)
+        copy.deepcopy(self.binner).push(probe)  # the streaming kernel's first call
         self.runtime.step(np.zeros(self.runtime.info.window_shape, dtype=np.float32))
         self.runtime.reset()
 
@@ -341,7 +397,15 @@ class Pipeline:
                 t_read = time.perf_counter()
                 waited = pacer.waited_s if pacer is not None else 0.0
                 packet = next(packets, None)
+                arrival = time.perf_counter()
                 if packet is None:
+                    if not self.stop.is_set():  # end of the stream: decide the last bins
+                        last = self.binner.finish()
+                        self._window_walls = (
+                            [np.concatenate(self._pending_walls)] if self._pending_walls else []
+                        )
+                        self._pending_walls = []
+                        self._emit_windows(last, arrival, arrival)
                     break
                 if pacer is not None:  # replay pacing is not reading
                     t_read += pacer.waited_s - waited
@@ -352,18 +416,24 @@ class Pipeline:
                 if self.recorder is not None and len(ev):
                     self.recorder.write(ev)
                     stats.recorded += len(ev)
-                if packet.discontinuity:
-                    self._put_window(Reset("discontinuity"))
+                start = self.binner.next_window_start_us
+                backward = (
+                    len(ev) > 0
+                    and start is not None
+                    and int(ev["t"][0]) <= start - max(BACKWARD_RESET_US, self.binner.window_us)
+                )
+                if packet.discontinuity or backward:
+                    self._put_window(
+                        Reset("discontinuity" if packet.discontinuity else "time base")
+                    )
                     self.binner.reset()  # time restarts: the old window edge is stale
+                    self._pending_walls = []
                 t0 = time.perf_counter()
+                walls = self._event_walls(ev, packet.t_end_us, arrival)
                 windows = self.binner.push(ev) if len(ev) else []
                 windows += self.binner.flush(packet.t_end_us)
-                t1 = time.perf_counter()
-                for w in windows:
-                    if w.skipped_before:
-                        self._put_window(Reset("gap"))
-                    self._put_window(ClosedWindow(w, t1, (t1 - t0) * 1e3 / len(windows)))
-                    stats.windows += 1
+                self._split_walls(ev, walls, windows)
+                self._emit_windows(windows, t0, time.perf_counter())
             stats.incomplete_last_window = self.binner.pending_events > 0
         except BaseException as exc:  # handed to the caller's thread
             self.error = exc
@@ -373,6 +443,50 @@ class Pipeline:
 
     def _put_window(self, item: ClosedWindow | Reset) -> None:
         self.windows.put(item, self.stop)
+
+    def _emit_windows(self, windows: list[Window], t0: float, t1: float) -> None:
+        """Queue closed windows (a gap skipped before one resets state first), each with
+        its events' wall-time summary."""
+        walls = self._window_walls
+        self._window_walls = []
+        for i, w in enumerate(windows):
+            if w.skipped_before:
+                self._put_window(Reset("gap"))
+            arr = walls[i] if i < len(walls) else None
+            mean = q = None
+            if arr is not None and len(arr):
+                mean = float(arr.mean())
+                q = np.quantile(arr, (np.arange(EVENT_QUANTILES) + 0.5) / EVENT_QUANTILES)
+            self._put_window(ClosedWindow(w, t1, (t1 - t0) * 1e3 / len(windows), mean, q))
+            self.stats.windows += 1
+
+    def _event_walls(self, ev: np.ndarray, t_end_us: int, arrival: float) -> np.ndarray:
+        """Wall time (``perf_counter``) of each event of a packet that arrived at
+        ``arrival``: the packet is due at its end edge ``t_end_us`` (a paced replay
+        releases it then; a camera delivers it then, plus transport), so an event at
+        ``t`` happened ``(t_end_us - t) / speed`` earlier. As fast as possible (no speed),
+        sensor time has no wall meaning: every event counts from its packet's arrival."""
+        pacer = getattr(self.source, "pacer", None)
+        speed = pacer.speed if pacer is not None else 1.0
+        if speed is None or not len(ev):
+            return np.full(len(ev), arrival)
+        return arrival - (t_end_us - ev["t"].astype(np.float64)) / (1e6 * speed)
+
+    def _split_walls(self, ev: np.ndarray, walls: np.ndarray, windows: list[Window]) -> None:
+        """Assign the packet's event wall times to the windows it closed (in order); the
+        rest wait for the unfinished window."""
+        out: list[np.ndarray] = []
+        pos = 0
+        t = ev["t"] if len(ev) else np.zeros(0, np.int64)
+        for w in windows:
+            cut = int(np.searchsorted(t, w.t_end_us, side="left"))
+            parts = [*self._pending_walls, walls[pos:cut]]
+            self._pending_walls = []
+            out.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            pos = max(pos, cut)
+        if pos < len(walls):
+            self._pending_walls.append(walls[pos:])
+        self._window_walls = out
 
     # -- stage 2: inference -------------------------------------------------------------
     def _reset_state(self, reason: str) -> None:
@@ -428,6 +542,10 @@ class Pipeline:
                 stats.infer_ms.append((t1 - t0) * 1e3)
                 stats.decide_ms.append((t2 - t1) * 1e3)
                 stats.end_to_end_ms.append((t2 - item.closed_wall) * 1e3)
+                if item.event_wall_mean is not None and item.event_wall_q is not None:
+                    stats.event_mean_ms.append((t2 - item.event_wall_mean) * 1e3)
+                    stats.event_weight.append(float(w.n_events))
+                    stats.event_q_ms.append((t2 - item.event_wall_q) * 1e3)
                 stats.inferred += 1
                 if any(d.reset_state for d in decisions):
                     self.runtime.reset()
@@ -495,9 +613,10 @@ class Pipeline:
             t.start()
         try:
             while True:
+                finished = not threads[1].is_alive()  # read before the get: no result after
                 result = self.results.get(timeout_s=0.05)
                 if result is None:
-                    if not threads[1].is_alive() and self.results.get(timeout_s=0) is None:
+                    if finished:
                         break
                     if display is not None and not display_idle(display, self):
                         break
@@ -558,13 +677,15 @@ def percentiles(values: Sequence[float], qs: tuple[int, ...] = (50, 95, 99)) -> 
 def summary_line(stats: PipelineStats) -> str:
     """One line for the end of a run."""
     e2e = percentiles(stats.end_to_end_ms)
+    ev = stats.event_latency()
     speed = stats.sensor_s / stats.wall_s if stats.wall_s > 0 else 0.0
     return (
         f"{stats.inferred} windows ({stats.sensor_s:.1f} s of sensor time in "
         f"{stats.wall_s:.1f} s, {speed:.1f}x real time), {stats.events} events; "
         f"dropped windows {stats.dropped_windows + stats.dropped_results}, "
         f"lost packets {stats.lost_packets}; window->decision p50 {e2e['p50']:.1f} ms, "
-        f"p99 {e2e['p99']:.1f} ms"
+        f"p99 {e2e['p99']:.1f} ms; event->decision mean {ev['mean']:.1f} ms, "
+        f"p50 {ev['p50']:.1f} ms, p99 {ev['p99']:.1f} ms"
     )
 
 
