@@ -170,22 +170,7 @@ def _finish(proc: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
     return err
 
 
-@pytest.mark.parametrize(
-    "record",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the AEDAT 4 writer still refuses timestamps that go back "
-                "(stream/formats/aedat4.py write: 'timestamps go back across writes')",
-            ),
-        ),
-    ],
-    ids=["decisions", "record"],
-)
+@pytest.mark.parametrize("record", [False, True], ids=["decisions", "record"])
 def test_publisher_restart_is_a_discontinuity_and_infer_keeps_deciding(
     tmp_path: Path, record: bool
 ) -> None:
