@@ -73,6 +73,7 @@ BLOCK_BYTES = 4 << 20
 MAX_HEADER_BYTES = 1 << 20
 
 EVT2_KNOWN = (0x0, 0x1, 0x8, 0xA, 0xE, 0xF)
+_EVT2_OK = np.isin(np.arange(16), EVT2_KNOWN)
 EVT2_NAMES = {0xA: "EXT_TRIGGER", 0xE: "OTHERS", 0xF: "CONTINUED"}
 EVT3_KNOWN = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xA, 0xE, 0xF)
 DAT_EVENT_TYPES = {0x00: "Event2D", 0x0C: "CD"}
@@ -235,27 +236,31 @@ def decode_evt2(
         ``(events, time_high, other)``: the CD events in order, the time high in force
         after the last word, and the count of EXT_TRIGGER/OTHERS/CONTINUED words by type.
     """
-    types = words >> 28
+    types = (words >> 28).astype(np.uint8)
     cd = types <= 1
     th_mask = types == 0x8
-    if th_mask.any():
-        idx = np.where(th_mask, np.arange(len(words)), -1)
-        np.maximum.accumulate(idx, out=idx)
-        values = (words & 0x0FFFFFFF).astype(np.int64)
-        high = np.where(idx >= 0, values[np.maximum(idx, 0)], time_high)
-        last_high = int(high[-1])
-        high = high[cd]
-    else:
-        high = np.int64(time_high)
-        last_high = time_high
+    n_high = int(np.count_nonzero(th_mask))
     w = words[cd]
+    if n_high:
+        # The time high in force at each word: a table [carry, each TIME_HIGH value...]
+        # indexed by how many TIME_HIGH words came before.
+        table = np.empty(n_high + 1, dtype=np.int64)
+        table[0] = time_high
+        table[1:] = words[th_mask] & 0x0FFFFFFF
+        high = table[np.cumsum(th_mask, dtype=np.int32)[cd]]
+        last_high = int(table[-1])
+    else:
+        high = np.full(len(w), time_high, dtype=np.int64)
+        last_high = time_high
     out = np.empty(len(w), dtype=EVENT_DTYPE)
-    out["t"] = (high << 6) | ((w >> 22) & 0x3F)
-    np.bitwise_and(w >> 11, 0x7FF, out=out["x"], casting="unsafe")
-    np.bitwise_and(w, 0x7FF, out=out["y"], casting="unsafe")
-    np.right_shift(w, 28, out=out["p"], casting="unsafe")
+    high <<= 6
+    high |= (w >> 22) & 0x3F
+    out["t"] = high
+    out["x"] = (w >> 11) & 0x7FF
+    out["y"] = w & 0x7FF
+    out["p"] = types[cd]
     other: dict[int, int] = {}
-    if len(w) + int(np.count_nonzero(th_mask)) != len(words):
+    if len(w) + n_high != len(words):
         counts = np.bincount(types, minlength=16)
         other = {k: int(counts[k]) for k in EVT2_NAMES if counts[k]}
     return out, last_high, other
@@ -442,7 +447,7 @@ class Evt2Reader(_PropheseeReader):
             if n_words == 0:
                 raise self._truncated(self._pos, "EVT 2.0 word (4 bytes)")
             words = np.frombuffer(raw, dtype="<u4", count=n_words)
-            known = np.isin(words >> 28, EVT2_KNOWN)
+            known = _EVT2_OK[words >> 28]
             n_good = n_words if bool(known.all()) else int(np.argmin(known))
             ev, self._time_high, other = decode_evt2(words[:n_good], self._time_high)
             for k, v in other.items():
