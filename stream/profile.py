@@ -149,6 +149,9 @@ def build_report(
         "model": info,
         "stages_ms": stages,
         "end_to_end_ms": percentiles(stats.end_to_end_ms) | {"n": len(stats.end_to_end_ms)},
+        # event -> decision, weighted by events (the wait for the bin to close included)
+        "event_to_decision_ms": stats.event_latency()
+        | {"windows": len(stats.event_weight), "events": int(sum(stats.event_weight))},
         "throughput": {
             "windows": stats.inferred,
             "windows_per_s": stats.inferred / stats.wall_s if stats.wall_s > 0 else 0.0,
@@ -171,6 +174,11 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append(f"{name:<14}{row['p50']:>9.2f}{row['p95']:>9.2f}{row['p99']:>9.2f}")
     e = report["end_to_end_ms"]
     lines.append(f"{'end-to-end':<14}{e['p50']:>9.2f}{e['p95']:>9.2f}{e['p99']:>9.2f}")
+    ev = report["event_to_decision_ms"]
+    lines.append(
+        f"{'event->dec.':<14}{ev['p50']:>9.2f}{'':>9}{ev['p99']:>9.2f}  "
+        f"(event-weighted; mean {ev['mean']:.2f})"
+    )
     t = report["throughput"]
     r = report["resources"]
     lines += [
@@ -194,14 +202,27 @@ def plot_histograms(stats: PipelineStats, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(n, getattr(stats, f"{n}_ms")) for n in STAGES] + [
-        ("end-to-end", stats.end_to_end_ms)
+    series: list[tuple[str, Any, Any]] = [(n, getattr(stats, f"{n}_ms"), None) for n in STAGES] + [
+        ("window close -> decision", stats.end_to_end_ms, None)
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    for ax, (name, values) in zip(axes.flat, series, strict=True):
-        if values:
-            ax.hist(values, bins=40, color="#4c72b0")
-            p50, p99 = np.percentile(values, [50, 99])
+    if stats.event_q_ms:  # each window's quantile samples carry its events / quantiles
+        q = np.concatenate(list(stats.event_q_ms))
+        w = np.repeat(
+            np.asarray(stats.event_weight) / len(stats.event_q_ms[0]), len(stats.event_q_ms[0])
+        )
+        series.append(("event -> decision (event-weighted)", q, w))
+    else:
+        series.append(("event -> decision (event-weighted)", [], None))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+    axes.flat[-1].axis("off")
+    for ax, (name, values, weights) in zip(axes.flat, series, strict=False):
+        if len(values):
+            ax.hist(values, bins=40, color="#4c72b0", weights=weights)
+            if weights is None:
+                p50, p99 = np.percentile(values, [50, 99])
+            else:
+                ev = stats.event_latency()
+                p50, p99 = ev["p50"], ev["p99"]
             ax.axvline(p50, color="k", lw=1, label=f"p50 {p50:.2f}")
             ax.axvline(p99, color="r", lw=1, label=f"p99 {p99:.2f}")
             ax.legend(fontsize=8)

@@ -350,6 +350,10 @@ def test_profile_writes_json_png_and_a_summary(
     assert set(report["stages_ms"]) == {"read", "bin", "infer", "decide", "render"}
     assert report["end_to_end_ms"]["n"] == report["throughput"]["windows"] >= 15
     assert report["end_to_end_ms"]["p99"] > 0
+    ev = report["event_to_decision_ms"]
+    assert ev["events"] > 0 and ev["windows"] == report["throughput"]["windows"]
+    assert 0 < ev["p50"] <= ev["p99"] and ev["mean"] > 0
+    assert "event->dec." in summary
     assert report["resources"]["jetson"].startswith("unavailable")
     png = cv2.imread(str(out / "profile.png"))
     assert png is not None and png.shape[0] > 200
@@ -442,3 +446,174 @@ def test_decision_flags_reach_the_pipeline(
     assert main([*common, "--min-confidence", "1.5"]) == 1
     err = capsys.readouterr().err.strip()
     assert "min_confidence=1.5" in err and "\n" not in err
+
+
+# -- issue 12 / issue 11 items 3, 8, 9, 19 -----------------------------------------------
+
+
+def _pipeline(source: object, model: Path, **config: object) -> object:
+    from smastream.engine.runtime import open_runtime
+    from smastream.stream.pipeline import Pipeline, PipelineConfig
+
+    return Pipeline(source, open_runtime(model), PipelineConfig(**config))  # type: ignore[arg-type]
+
+
+def _s4_model(tmp_path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    from smastream.engine.export import export_onnx
+    from smastream.engine.model import SMASNN, edge_config
+
+    torch.manual_seed(0)
+    path = tmp_path / "s4.onnx"
+    export_onnx(SMASNN(edge_config()).eval(), path, steps_per_window=4, bin_us=50_000)
+    return path
+
+
+def test_a_recording_shorter_than_one_window_is_decided(
+    real_data: Path, model: Path, tmp_path: Path
+) -> None:
+    """davis.aedat4 spans 0.13 s: less than one 200 ms window of an S = 4 model, and its
+    last 50 ms bin is partial; both are decided at end of file."""
+    from smastream.stream.sources import FileSource
+
+    path = real_data / "aestream" / "davis.aedat4"
+    with open_events(path) as r:
+        t = np.concatenate([c["t"] for c in r])
+    assert (t[-1] - t[0]) < 200_000
+    for onnx_path, windows in (
+        (model, (t[-1] - t[0] // 50_000 * 50_000) // 50_000 + 1),
+        (_s4_model(tmp_path), 1),
+    ):
+        source = FileSource(path, speed=None)
+        p = _pipeline(source, onnx_path, lossless=True, keep_decisions=True)
+        try:
+            stats = p.run()  # type: ignore[attr-defined]
+        finally:
+            source.close()
+        assert stats.inferred == windows
+        assert len(p.decisions) == windows * (4 if onnx_path != model else 1)  # type: ignore[attr-defined]
+
+
+def test_every_result_reaches_the_display(model: Path) -> None:
+    """issue 11 item 19: the end-of-run check must not consume (and drop) a result."""
+    from smastream.stream.sources import FileSource
+
+    for _ in range(3):
+        source = FileSource(DEMO, speed=None, start_us=None)
+        p = _pipeline(source, model, lossless=True, seconds=None)
+        seen: list[object] = []
+
+        def display(result: object, _: object, seen: list[object] = seen) -> bool:
+            seen.append(result)
+            return True
+
+        try:
+            stats = p.run(display)  # type: ignore[attr-defined]
+        finally:
+            source.close()
+        assert len(seen) == stats.inferred > 100
+
+
+class _Packets:
+    """A source replaying fixed real packets (as a restarted publisher delivers them)."""
+
+    name = "packets"
+
+    def __init__(self, packets: list[object], sensor_size: tuple[int, int]) -> None:
+        self._packets = packets
+        self.sensor_size = sensor_size
+
+    def packets(self) -> object:
+        return iter(self._packets)
+
+    def close(self) -> None:
+        pass
+
+
+def _real_packets(path: Path, offset_us: int = 0, packet_us: int = 5_000) -> list[object]:
+    from smastream.stream.sources import SourcePacket
+
+    with open_events(path) as r:
+        ev = np.concatenate(list(r))
+        size = r.sensor_size
+    ev = ev.copy()
+    ev["t"] += offset_us
+    edges = np.arange(ev["t"][0] // packet_us * packet_us, ev["t"][-1] + packet_us, packet_us)
+    cuts = np.searchsorted(ev["t"], edges[1:])
+    out, lo = [], 0
+    for edge, hi in zip(edges[1:], cuts, strict=True):
+        out.append(SourcePacket(ev[lo:hi], size, int(edge), False))
+        lo = hi
+    return out
+
+
+def test_a_backward_time_base_resets_binner_and_engine_and_decisions_resume(
+    real_data: Path, model: Path
+) -> None:
+    """issue 11 item 9: a publisher restart (time starts again, unflagged) is a new time
+    base; without the binner reset every later event was 'late'."""
+    path = real_data / "aestream" / "davis.aedat4"
+    first = _real_packets(path, offset_us=10_000_000)
+    second = _real_packets(path)
+    size = first[0].sensor_size  # type: ignore[attr-defined]
+    p = _pipeline(_Packets(first + second, size), model, lossless=True, keep_decisions=True)
+    stats = p.run()  # type: ignore[attr-defined]
+    assert stats.resets.get("time base") == 1
+    assert p.binner.stats.late == 0  # type: ignore[attr-defined]
+    t = np.array([d[0] for d in p.decisions])  # type: ignore[attr-defined]
+    back = np.flatnonzero(np.diff(t) < 0)
+    assert len(back) == 1  # one restart; both runs decided, each in order
+    assert back[0] + 1 >= 3 and len(t) - back[0] - 1 >= 3
+
+
+def test_a_forward_timestamp_jump_is_skipped_in_bounded_time(tmp_path: Path, model: Path) -> None:
+    """issue 11 item 3 (replay half): a jump of ~2000 s in a file replays at 1x in about
+    the file's real span: skipped (counted, flagged, state reset), no model run on empty
+    bins."""
+    from smastream.stream.formats import open_writer
+    from smastream.stream.sources import FileSource
+
+    rec = tmp_path / "r.aedat4"
+    assert main(["synth", str(rec), "--seconds", "2", "--seed", "31"]) == 0
+    with open_events(rec) as r:
+        ev = np.concatenate(list(r))
+        size = r.sensor_size
+    ev = ev.copy()
+    half = len(ev) // 2
+    ev["t"][half:] += 2_000_000_000
+    jumped = tmp_path / "jump.aedat4"
+    with open_writer(jumped, size) as w:
+        w.write(ev)
+    source = FileSource(jumped, speed=1.0)
+    p = _pipeline(source, model, keep_decisions=True, seconds=15.0)  # bounded if broken
+    start = time.perf_counter()
+    try:
+        stats = p.run()  # type: ignore[attr-defined]
+    finally:
+        source.close()
+    assert time.perf_counter() - start < 10
+    assert source.gaps_skipped == 1
+    assert stats.resets.get("discontinuity", 0) + stats.resets.get("gap", 0) >= 1
+    assert stats.inferred <= 2 * 2.1 / 0.05  # about the 2 s of real bins, not 40 000
+
+
+def test_event_to_decision_latency_at_one_bin_per_call_is_a_third_of_four(
+    tmp_path: Path, model: Path
+) -> None:
+    """At 1x the mean event -> decision latency is about half a bin plus the step at
+    S = 1, and about half a window more at S = 4 (issue 12)."""
+    from smastream.stream.sources import FileSource
+
+    means = []
+    for onnx_path in (model, _s4_model(tmp_path)):
+        source = FileSource(DEMO, speed=1.0)
+        p = _pipeline(source, onnx_path, seconds=3.0)
+        try:
+            stats = p.run()  # type: ignore[attr-defined]
+        finally:
+            source.close()
+        ev = stats.event_latency()
+        assert ev["p50"] <= ev["p99"]
+        means.append(ev["mean"])
+    assert 20 < means[0] < 60, means
+    assert means[0] < 0.5 * means[1], means
