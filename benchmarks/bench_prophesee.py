@@ -18,6 +18,7 @@ faster). The files are small (0.02-2 MB), so this measures decoding, not the dis
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'file':32} {'events':>9} {'ours Mev/s':>11} {'expelliarmus':>13} {'ratio':>6}")
     for name, enc in FILES:
         path = args.data / name
-        t_ours, n1 = best(lambda p=path: read_ours(p, args.chunk_events), args.repeat)
-        t_ref, n2 = best(lambda p=path, e=enc: read_expelliarmus(p, e), args.repeat)
+        t_ours, n1 = best(functools.partial(read_ours, path, args.chunk_events), args.repeat)
+        t_ref, n2 = best(functools.partial(read_expelliarmus, path, enc), args.repeat)
         if n1 != n2:
             raise SystemExit(f"{name}: ours read {n1} events, expelliarmus {n2}")
         ours, ref = n1 / t_ours / 1e6, n2 / t_ref / 1e6
