@@ -174,3 +174,22 @@ def test_replay_runs_end_to_end_headless(name: str) -> None:
     assert "Traceback" not in proc.stderr
     n = next(f[3] for f in FILES if f[0] == name)
     assert f"{n} events" in proc.stdout + proc.stderr
+
+
+def test_replay_sensor_option_for_a_header_without_size(tmp_path: Path) -> None:
+    src = REAL / "expelliarmus" / "evt2_sample.raw"
+    with open_events(src) as reader:
+        start = reader.data_start  # type: ignore[attr-defined]
+    bare = tmp_path / "bare.raw"
+    bare.write_bytes(b"% evt 2.0\n" + src.read_bytes()[start:])
+    with open_events(bare) as reader:
+        assert reader.sensor_size is None
+    cmd = [sys.executable, "-m", "smastream", "replay", str(bare), "--no-display",
+           "--as-fast-as-possible"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "sensor size" in proc.stderr
+    proc = subprocess.run([*cmd, "--sensor", "640x480"], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "539481 events" in proc.stdout + proc.stderr
