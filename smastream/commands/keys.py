@@ -59,11 +59,23 @@ def create_keypair(directory: Path, name: str = "server", force: bool = False) -
         )
     if directory.exists() and not directory.is_dir():
         raise SmastreamError(f"{directory} exists and is not a folder")
-    directory.mkdir(parents=True, exist_ok=True)
-    for p in (public, secret):
-        p.unlink(missing_ok=True)
-    pub_file, sec_file = zmq.auth.create_certificates(directory, name)
-    Path(sec_file).chmod(0o600)
+    done = False
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for p in (public, secret):
+            p.unlink(missing_ok=True)
+        pub_file, sec_file = zmq.auth.create_certificates(directory, name)
+        Path(sec_file).chmod(0o600)
+        done = True
+    except OSError as exc:
+        # A full disk or a read-only folder: one line, and no empty or half key file left.
+        raise SmastreamError(
+            f"{exc.filename or directory}: cannot write the key pair: {exc.strerror or exc}"
+        ) from None
+    finally:
+        if not done:
+            for p in (public, secret):
+                p.unlink(missing_ok=True)
     return Path(pub_file), Path(sec_file)
 
 

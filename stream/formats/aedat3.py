@@ -50,7 +50,12 @@ import numpy.typing as npt
 
 from smastream.errors import FormatError
 from smastream.stream.events import EVENT_DTYPE, Events, as_events
-from smastream.stream.formats.base import DEFAULT_CHUNK_EVENTS, EventReader, EventWriter
+from smastream.stream.formats.base import (
+    DEFAULT_CHUNK_EVENTS,
+    EventReader,
+    EventWriter,
+    WriteError,
+)
 
 __all__ = [
     "BLOCK_BYTES",
@@ -677,8 +682,13 @@ class Aedat3Writer(EventWriter):
         stamp = when.strftime("%Y-%m-%d %H:%M:%S (TZ%z)")
         lines = ["#!AER-DAT3.1", "#Format: RAW", f"#Source 1: {name}", f"#Start-Time: {stamp}"]
         lines.append(END_HEADER)
-        self._f: BinaryIO | None = open(self.path, "wb")
-        self._f.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        self._f: BinaryIO | None = None
+        try:
+            self._f = open(self.path, "wb")
+            self._f.write("".join(line + "\r\n" for line in lines).encode("utf-8"))
+        except OSError as exc:
+            self._abandon()
+            raise WriteError(self.path, exc) from None
 
     def write(self, events: Events) -> None:
         """Append events (any count, including none).
@@ -710,16 +720,37 @@ class Aedat3Writer(EventWriter):
         runs = np.flatnonzero(over[1:] != over[:-1]) + 1
         bounds = [0, *runs.tolist(), n]
         f = self._f
-        for a, b in itertools.pairwise(bounds):
-            ov = int(over[a])
-            for s in range(a, b, self.max_packet_events):
-                e = min(s + self.max_packet_events, b)
-                k = e - s
-                f.write(PACKET_HEADER.pack(POLARITY_EVENT, 1, POLARITY_SIZE, 4, ov, k, k, k))
-                f.write(words[s:e].data)
+        try:
+            for a, b in itertools.pairwise(bounds):
+                ov = int(over[a])
+                for s in range(a, b, self.max_packet_events):
+                    e = min(s + self.max_packet_events, b)
+                    k = e - s
+                    f.write(PACKET_HEADER.pack(POLARITY_EVENT, 1, POLARITY_SIZE, 4, ov, k, k, k))
+                    f.write(words[s:e].data)
+        except OSError as exc:
+            self._abandon()
+            raise WriteError(self.path, exc) from None
         self.events_written += n
 
+    def _abandon(self) -> None:
+        """Close a file that failed, without flushing it again (that would fail too)."""
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass  # the failure that brought us here is the one reported
+
     def close(self) -> None:
+        """Flush and close the file (idempotent).
+
+        Raises:
+            WriteError: the file cannot be written (disk full, ...).
+        """
         if self._f is not None:
-            self._f.close()
-            self._f = None
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError as exc:
+                raise WriteError(self.path, exc) from None

@@ -666,10 +666,10 @@ class Aedat4Writer(EventWriter):
     Every event is kept (64-bit timestamps), exactly while time never goes back;
     timestamps that go back are rebased (see :meth:`write`). The first ``t`` must be
     ``>= 0`` and events inside the sensor; otherwise ``write`` raises ``ValueError`` and
-    writes nothing of that call. Write failures raise :class:`WriteError`. ``close()`` writes the packet index and
-    leaves a complete file. If the process is killed, everything but the encoder's last
-    ~8 KiB buffer (about 1000 LZ4 events) is on disk; :class:`Aedat4Reader` delivers it and
-    then reports the cut-off packet.
+    writes nothing of that call. Write failures raise :class:`WriteError`. ``close()``
+    writes the packet index and leaves a complete file. If the process is killed,
+    everything but the encoder's last ~8 KiB buffer (about 1000 LZ4 events) is on disk;
+    :class:`Aedat4Reader` delivers it and then reports the cut-off packet.
     """
 
     format = "aedat4"
@@ -703,9 +703,7 @@ class Aedat4Writer(EventWriter):
         try:
             self._encoder = aedat.Encoder(
                 str(self.path),
-                _description(
-                    size, camera, compression if compression != "none" else "NONE", aedat
-                ),
+                _description(size, camera, compression if compression != "none" else "NONE", aedat),
                 WRITER_COMPRESSIONS[compression],
             )
         except BaseException as exc:

@@ -520,3 +520,17 @@ def test_decode_polarity_does_not_touch_input() -> None:
     np.testing.assert_array_equal(words, before)
     assert (n_invalid, n_outside, n_neg) == (1, 0, 0)
     assert ev.tolist() == [((2 << 31) | 99, 5, 6, 1)]
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "missing-dir/x.aedat", "."])
+def test_writer_failures_are_write_errors(tmp_path: Path, target: str) -> None:
+    from smastream.stream.formats.base import WriteError
+
+    path = target if target.startswith("/") else tmp_path / target
+    ev = random_events(np.random.default_rng(0), 100_000, size=(128, 128), t0=0)
+    with pytest.raises(WriteError, match=r"cannot write: [A-Z][a-z ]+$"):
+        w = open_writer(path, (128, 128), format="aedat3.1")
+        try:
+            w.write(ev)
+        finally:
+            w.close()
