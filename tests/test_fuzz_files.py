@@ -373,7 +373,7 @@ def test_synth_on_a_full_disk(
     out = small_disk / ("x.aedat4" if fmt == "aedat4" else "x.aedat")
     rc, _, err = _run_cli(["synth", str(out), "--format", fmt, "--seconds", "30"], capsys)
     assert rc == 1 and "No space left on device" in err
-    _assert_clean_end(rc, err, small_disk, "synth")
+    _assert_clean_end(rc, err, out, "synth")  # names x.aedat4, not its temporary file
     assert list(small_disk.iterdir()) == []  # no partial recording, no labels .part
 
 

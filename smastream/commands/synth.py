@@ -96,6 +96,7 @@ def _temp_path(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from smastream.stream.formats import EventWriter, open_writer
+    from smastream.stream.formats.base import WriteError
     from smastream.stream.formats.labels import labels_path_for, write_labels
     from smastream.stream.synthetic import SynthConfig, SyntheticGestures
 
@@ -149,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
         write_labels(labels_path_for(out), labels)
         tmp.replace(out)
         done = True
+    except WriteError as exc:
+        if exc.path == str(tmp):  # name the file asked for, not the hidden temporary one
+            raise WriteError(out, exc.reason) from None
+        raise
     finally:
         if not done:
             tmp.unlink(missing_ok=True)

@@ -83,7 +83,8 @@ class WriteError(SmastreamError):
     def __init__(self, path: str | Path, cause: object) -> None:
         self.path = str(path)
         reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
-        super().__init__(f"{self.path}: cannot write: {' '.join(str(reason).split())}")
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.path}: cannot write: {self.reason}")
 
 
 class EventWriter(abc.ABC):
