@@ -43,11 +43,10 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from smastream.gestures import CLASS_NAMES, NUM_CLASSES
+from smastream.gestures import CLASS_NAMES, NO_GESTURE, NUM_CLASSES, no_gesture_index
 from smastream.stream.formats.labels import GestureWindow
 
-NO_GESTURE = "no gesture"
-"""The name shown when :attr:`Decision.label` is ``None``."""
+__all__ = ["NO_GESTURE"]  # re-exported: the name shown when Decision.label is None
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -261,6 +260,8 @@ class Decider:
         self.config = config if config is not None else DecisionConfig()
         self.n_classes = n_classes
         self.class_names = tuple(class_names)
+        self.no_gesture = no_gesture_index(self.class_names)
+        """The model's "no gesture" output (decided as label None), if it has one."""
         self.probs: FloatArray | None = None
         self.rate: float | None = None
         self.hysteresis = HysteresisState()
@@ -281,6 +282,20 @@ class Decider:
         self.rate = None
         self.hysteresis = HysteresisState()
         self.resets += 1
+
+    def decide_window(
+        self,
+        logits: npt.ArrayLike,
+        frames: npt.NDArray[np.float32],
+        t_window_start_us: int,
+        bin_us: int,
+        window_closed_wall: float | None = None,
+    ) -> list[Decision]:
+        """The one logits -> decisions path of the live pipeline and ``evaluate``: the
+        events per bin are the frames' sums (``frames [S, 2, H, W]``), then
+        :meth:`update`; the "no gesture" output is decided as label ``None``."""
+        per_bin = np.asarray(frames).reshape(np.shape(frames)[0], -1).sum(axis=1)
+        return self.update(logits, per_bin, t_window_start_us, bin_us, window_closed_wall)
 
     def update(
         self,
@@ -352,14 +367,15 @@ class Decider:
                 )
             probs = self.probs.copy()
             probs.setflags(write=False)
-            label = self.hysteresis.label
+            shown = self.hysteresis.label
+            label = None if shown == self.no_gesture else shown
             top = int(np.argmax(probs))
             out.append(
                 Decision(
                     t_bin_end_us=t_end,
                     label=label,
                     name=NO_GESTURE if label is None else self.class_names[label],
-                    confidence=float(probs[top if label is None else label]),
+                    confidence=float(probs[top if shown is None else shown]),
                     probs=probs,
                     raw_label=int(raw[i]),
                     quiet=bool(quiet),

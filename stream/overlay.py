@@ -41,8 +41,8 @@ import numpy as np
 import numpy.typing as npt
 
 from smastream.errors import SmastreamError
-from smastream.gestures import CLASS_NAMES
-from smastream.stream.decision import NO_GESTURE, Decision
+from smastream.gestures import CLASS_NAMES, NO_GESTURE
+from smastream.stream.decision import Decision
 
 Image = npt.NDArray[np.uint8]
 

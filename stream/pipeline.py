@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
 
@@ -38,7 +38,7 @@ from smastream.engine.runtime import Runtime
 from smastream.errors import SmastreamError
 from smastream.gestures import CLASS_NAMES
 from smastream.stream.binning import Binner, Window
-from smastream.stream.decision import NO_GESTURE, Decider, Decision, DecisionConfig, stamp_decided
+from smastream.stream.decision import Decider, Decision, DecisionConfig, stamp_decided
 from smastream.stream.formats.base import EventWriter
 from smastream.stream.sources import EventSource, SourcePacket
 
@@ -354,7 +354,6 @@ class Pipeline:
         self._pending_walls: list[np.ndarray] = []  # of the unfinished window
         self._window_walls: list[np.ndarray] = []  # of the windows being emitted
         names = list(info.class_names)
-        self.no_gesture_class = names.index(NO_GESTURE) if NO_GESTURE in names else None
         self.decider = Decider(self.config.decision, len(names), names)
         self.recorder = recorder
         self._lost_packets = lost_packets
@@ -527,15 +526,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 logits = self.runtime.step(w.frames)
                 t1 = time.perf_counter()
-                per_bin = w.frames.reshape(w.n_bins, -1).sum(axis=1)
-                decisions = self.decider.update(
-                    logits, per_bin, w.t_start_us, w.bin_us, item.closed_wall
+                decisions = self.decider.decide_window(
+                    logits, w.frames, w.t_start_us, w.bin_us, item.closed_wall
                 )
-                if self.no_gesture_class is not None:
-                    decisions = [
-                        replace(d, label=None) if d.label == self.no_gesture_class else d
-                        for d in decisions
-                    ]
                 t2 = time.perf_counter()
                 decisions = stamp_decided(decisions, t2)
                 stats.bin_ms.append(item.bin_ms)

@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import Dataset
 
 from smastream.errors import FormatError, SmastreamError
-from smastream.gestures import NUM_CLASSES
+from smastream.gestures import NO_GESTURE_INDEX, NUM_CLASSES
 from smastream.stream.binning import (
     BinCounts,
     Binner,
@@ -108,8 +108,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NO_GESTURE = NUM_CLASSES
-"""Stream target of a bin outside every gesture window (11)."""
+NO_GESTURE = NO_GESTURE_INDEX
+"""Stream target of a bin outside every gesture window (11; smastream.gestures)."""
 PAD_TARGET = -100
 """Stream target of a padding step after the end of a recording (torch's ignore_index)."""
 TARGET_RULES = ("end", "majority")

@@ -38,7 +38,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,9 +47,8 @@ import numpy.typing as npt
 
 from smastream.engine.torch_runtime import with_flush_denormal
 from smastream.errors import FormatError, SmastreamError
-from smastream.gestures import CLASS_NAMES, NUM_CLASSES
+from smastream.gestures import CLASS_NAMES, NUM_CLASSES, STREAM_CLASS_NAMES, no_gesture_index
 from smastream.stream.decision import (
-    NO_GESTURE,
     Decider,
     DecisionConfig,
     StreamMetrics,
@@ -106,7 +105,7 @@ class EvalModel:
 
     @property
     def no_gesture_index(self) -> int | None:
-        return self.class_names.index(NO_GESTURE) if NO_GESTURE in self.class_names else None
+        return no_gesture_index(self.class_names)
 
 
 def _names_for(n: int, stored: Any) -> tuple[str, ...]:
@@ -114,8 +113,8 @@ def _names_for(n: int, stored: Any) -> tuple[str, ...]:
         return tuple(str(s) for s in stored)
     if n == NUM_CLASSES:
         return CLASS_NAMES
-    if n == NUM_CLASSES + 1:
-        return (*CLASS_NAMES, NO_GESTURE)
+    if n == len(STREAM_CLASS_NAMES):
+        return STREAM_CLASS_NAMES
     return tuple(f"class {i}" for i in range(n))
 
 
@@ -225,7 +224,6 @@ def decide_stream(
     """
     s = steps_per_window
     names = list(class_names)
-    no_gesture = names.index(NO_GESTURE) if NO_GESTURE in names else None
     decider = Decider(decision, len(names), names)
     runtime.reset()
     n = frames.shape[0]
@@ -237,10 +235,7 @@ def decide_stream(
             pad = np.zeros((s - window.shape[0], *frames.shape[1:]), dtype=np.float32)
             window = np.concatenate([window, pad])
         logits = runtime.step(np.ascontiguousarray(window, dtype=np.float32))
-        per_bin = window.reshape(s, -1).sum(axis=1)
-        decisions = decider.update(logits, per_bin, t0_us + lo * bin_us, bin_us)
-        if no_gesture is not None:
-            decisions = [replace(d, label=None) if d.label == no_gesture else d for d in decisions]
+        decisions = decider.decide_window(logits, window, t0_us + lo * bin_us, bin_us)
         if any(d.reset_state for d in decisions):
             runtime.reset()
             resets += 1

@@ -276,3 +276,21 @@ def test_decider_output_feeds_stream_metrics() -> None:
     m = stream_metrics(decision_pairs(out), [GestureWindow(0, 100_000, 7)])
     assert m.n_window_steps == 10 and m.n_correct_steps == 9
     assert m.onset_ms == (20.0,)
+
+
+def test_the_no_gesture_output_is_decided_as_no_label_in_the_one_window_path() -> None:
+    """Decider.decide_window is what the pipeline and evaluate both call: the 12th output
+    ("no gesture", defined once in smastream.gestures) becomes label None."""
+    from smastream.gestures import NO_GESTURE_INDEX, STREAM_CLASS_NAMES
+
+    cfg = DecisionConfig(smooth_ms=0, hold_steps=1, quiet_events_per_s=0, switch_margin=0)
+    d = Decider(cfg, 12, STREAM_CLASS_NAMES)
+    assert d.no_gesture == NO_GESTURE_INDEX == 11
+    frames = np.ones((2, 2, 4, 4), np.float32)
+    logits = np.zeros((2, 12))
+    logits[0, 11] = 20.0
+    logits[1, 3] = 40.0
+    out = d.decide_window(logits, frames, 0, 50_000)
+    assert [o.label for o in out] == [None, 3]
+    assert out[0].name == NO_GESTURE and out[0].confidence > 0.99
+    assert out[1].events_per_s == pytest.approx(32 / 0.05)  # the frames' sum per bin
