@@ -76,6 +76,9 @@ EVT2_KNOWN = (0x0, 0x1, 0x8, 0xA, 0xE, 0xF)
 _EVT2_OK = np.isin(np.arange(16), EVT2_KNOWN)
 EVT2_NAMES = {0xA: "EXT_TRIGGER", 0xE: "OTHERS", 0xF: "CONTINUED"}
 EVT3_KNOWN = (0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xA, 0xE, 0xF)
+EVT3_TRIGGER = 0xA
+"""EXT_TRIGGER: a valid EVT 3.0 word that expelliarmus 1.1 rejects, so it is stepped over
+here (the reader brings expelliarmus's state up to the word itself, then skips it)."""
 DAT_EVENT_TYPES = {0x00: "Event2D", 0x0C: "CD"}
 
 # Sensor generation -> size, matched in plugin_name / sensor_generation (lower case).
@@ -296,6 +299,7 @@ def decode_dat(
     return out, int(t32[-1]), int(wraps[-1])
 
 
+_EVT3_DECODABLE = np.isin(np.arange(16), [k for k in EVT3_KNOWN if k != EVT3_TRIGGER])
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 
@@ -303,12 +307,13 @@ def evt3_scan(words: npt.NDArray[np.uint16]) -> tuple[int, int]:
     """Check EVT 3.0 word types and count events (pure).
 
     Returns:
-        ``(n_good, n_events)``: how many leading words have a known type (``len(words)``
-        when all do), and the CD events those words hold, counted as expelliarmus does
-        (one per EVT_ADDR_X, one per set bit of a VECT_12 / VECT_8 mask).
+        ``(n_good, n_events)``: how many leading words have a known type other than
+        EXT_TRIGGER (``len(words)`` when all do), and the CD events those words hold,
+        counted as expelliarmus does (one per EVT_ADDR_X, one per set bit of a VECT_12 /
+        VECT_8 mask).
     """
     types = words >> 12
-    bad = np.flatnonzero(~np.isin(types, EVT3_KNOWN))
+    bad = np.flatnonzero(~_EVT3_DECODABLE[types])
     n_good = int(bad[0]) if len(bad) else len(words)
     w = words[:n_good]
     t = types[:n_good]
@@ -554,6 +559,37 @@ class Evt3Reader(_PropheseeReader):
         self._scan_pos = self.data_start  # words before it are checked
         self._available = 0  # events checked but not yet decoded
         self._damage: FormatError | None = None
+        self._trigger_at: int | None = None  # offset of an EXT_TRIGGER word to step over
+
+    def _step_over_trigger(self, at: int) -> None:
+        """Apply the state words between expelliarmus's position and the EXT_TRIGGER word
+        at ``at`` to its state (as its C reader would), then move both past the word."""
+        c = self._cargo
+        start = int(c.events_info.start_byte)
+        words = np.frombuffer(self._read(start, at - start), dtype="<u2")
+        for w in words.tolist():
+            kind, value = w >> 12, w & 0xFFF
+            if kind == 0x0:
+                c.last_event.y = w & 0x7FF
+            elif kind == 0x3:
+                c.last_event.p = (w >> 11) & 1
+                c.base_x = w & 0x7FF
+            elif kind in (0x4, 0x5):  # a vector with no event in it still moves base x
+                c.base_x = (c.base_x + (12 if kind == 0x4 else 8)) & 0xFFFF
+            elif kind in (0x6, 0x8):
+                if kind == 0x6:
+                    c.time_low_ovfs += value < c.time_low
+                    c.time_low = value
+                else:
+                    c.time_high_ovfs += value < c.time_high
+                    c.time_high = value
+                c.last_event.t = (
+                    (c.time_high_ovfs << 24) + ((c.time_high + c.time_low_ovfs) << 12) + c.time_low
+                )
+        c.events_info.start_byte = at + 2
+        self._scan_pos = at + 2
+        self._trigger_at = None
+        self.skipped["EXT_TRIGGER words"] += 1
 
     def _scan(self) -> None:
         """Check the next block of words; sets ``_available`` and maybe ``_damage``."""
@@ -566,13 +602,15 @@ class Evt3Reader(_PropheseeReader):
         words = np.frombuffer(raw, dtype="<u2", count=n_words)
         n_good, n_events = evt3_scan(words)
         types = np.bincount(words[:n_good] >> 12, minlength=16)
-        for k, name in ((0xA, "EXT_TRIGGER"), (0xE, "OTHERS")):
-            if types[k]:
-                self.skipped[f"{name} words"] += int(types[k])
+        if types[0xE]:
+            self.skipped["OTHERS words"] += int(types[0xE])
         self._available += n_events
         self._scan_pos += 2 * n_good
         if n_good < n_words:
             kind = int(words[n_good] >> 12)
+            if kind == EVT3_TRIGGER:
+                self._trigger_at = self._scan_pos
+                return
             self._damage = FormatError(
                 self.path,
                 self._scan_pos,
@@ -583,6 +621,9 @@ class Evt3Reader(_PropheseeReader):
         buff_words = max(4096, min(self.block_bytes // 2, 1 << 20))
         while True:
             while self._available == 0 and self._damage is None and self._scan_pos < self._size:
+                if self._trigger_at is not None:
+                    self._step_over_trigger(self._trigger_at)
+                    continue
                 self._scan()
             if self._available == 0:
                 if self._damage is not None:

@@ -193,3 +193,27 @@ def test_replay_sensor_option_for_a_header_without_size(tmp_path: Path) -> None:
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "539481 events" in proc.stdout + proc.stderr
+
+
+def test_evt3_ext_trigger_words_are_stepped_over_without_changing_events(
+    tmp_path: Path,
+) -> None:
+    # expelliarmus 1.1 rejects EXT_TRIGGER (0xA) words; the reader steps over them itself.
+    src = REAL / "expelliarmus" / "evt3_sample.raw"
+    ref = np.load(REAL / "expelliarmus" / "evt3_sample.npy")
+    with open_events(src) as reader:
+        start = reader.data_start  # type: ignore[attr-defined]
+    data = src.read_bytes()
+    words = np.frombuffer(data[start:], dtype="<u2")
+    rng = np.random.default_rng(5)
+    at = np.sort(rng.choice(len(words), 25, replace=False))
+    at[0] = 0  # one before anything else, one at the very end
+    trigger = np.uint16(0xA000 | 0x21)
+    body = np.insert(words, np.append(at, len(words)), trigger)
+    path = tmp_path / "triggers.raw"
+    path.write_bytes(data[:start] + body.tobytes())
+    with open_events(path, chunk_events=10_000) as reader:
+        ev = np.concatenate(list(reader))
+        assert reader.skipped["EXT_TRIGGER words"] == len(at) + 1
+    for k in "txyp":
+        np.testing.assert_array_equal(ev[k], ref[k])
