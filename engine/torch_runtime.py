@@ -34,17 +34,25 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 @contextlib.contextmanager
 def flush_denormal() -> Iterator[None]:
-    """Flush denormal floats to zero on the CPU inside the block, then restore the default.
+    """Flush denormal floats to zero on the CPU inside the block, then restore the previous mode.
 
     Membranes halve every quiet step and reach the denormal range after ~6 s of silence at
     50 ms bins; denormal arithmetic is ~30x slower on CPUs. The mode is process-global
-    (it changes every float computation of the process), so it is never left on.
+    (it changes every float computation of the process), so the block puts back whatever
+    mode the caller had (torch has no getter: :func:`flush_denormal_enabled` probes it).
     """
+    previous = flush_denormal_enabled()
     torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(previous)
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether the CPU currently flushes denormal floats to zero (probed by one multiply)."""
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    return bool((tiny * torch.ones(1, dtype=torch.float32)).item() == 0.0)
 
 
 def with_flush_denormal(fn: _F) -> _F:
