@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only (tomli is a dependency there)
+    import tomli as tomllib
 
 from smastream.errors import SmastreamError
 
@@ -91,6 +95,13 @@ class TrainConfig:
         max_batches: Stop each epoch after this many batches (CI-sized runs); ``None``: all.
         backend: Export at the end: ``"onnx"``, ``"tensorrt"`` (ONNX + engine) or ``"none"``.
         progress: Show a progress bar per epoch.
+        init: Start from these weights (a state dict saved with ``torch.save``, read with
+            ``weights_only=True``) instead of a fresh initialisation: fine-tuning. The
+            network must have the same shape (preset, width, outputs). Ignored on resume.
+        augment: Stream protocol: tonic event augmentation before the live Binner
+            (:mod:`smastream.train.augment`); ``None``: on for synthetic data, off else.
+        augment_copies: Augmented copies of every training recording (epoch ``e`` plays
+            copy ``e % augment_copies``), each binned once into the cache.
     """
 
     out: str = "runs/train"
@@ -129,6 +140,9 @@ class TrainConfig:
     max_batches: int | None = None
     backend: str = "onnx"
     progress: bool = True
+    init: str | None = None
+    augment: bool | None = None
+    augment_copies: int = 4
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, PRESET_NAMES)
@@ -156,6 +170,7 @@ class TrainConfig:
             "synth_recordings",
             "azo_rtr",
             "azo_rcr",
+            "augment_copies",
         ):
             _int_at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "synth_val_recordings", "workers", "seed"):
@@ -199,6 +214,15 @@ class TrainConfig:
         if self.temporal is not None:
             return self.temporal
         return "paper" if self.protocol == "clip" else "causal"
+
+    @property
+    def resolved_augment(self) -> bool:
+        """Whether training recordings are augmented (stream protocol only)."""
+        if self.protocol != "stream":
+            return False
+        if self.augment is not None:
+            return self.augment
+        return parse_data_spec(self.data)[0] == "synthetic"
 
     @property
     def n_outputs(self) -> int:
