@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -497,7 +497,7 @@ class Pipeline:
         stats = self.stats
         lost_seen = 0
         publisher: PredictionPublisher | None = None
-        out: IO[str] | None = None
+        out: Any = None  # a JsonLinesWriter
         index = 0
         try:
             if self.config.publish_predictions:
@@ -505,7 +505,9 @@ class Pipeline:
                     self.config.publish_predictions, self.config.allow_remote
                 )
             if self.config.predictions is not None:
-                out = open(self.config.predictions, "w")
+                from smastream.stream.formats.jsonl import JsonLinesWriter
+
+                out = JsonLinesWriter(self.config.predictions)  # never a half-written line
             while True:
                 item = self.windows.get()
                 if item is None:

@@ -397,3 +397,23 @@ def test_keys_on_a_full_disk(small_disk: Path, capsys: pytest.CaptureFixture[str
     _assert_clean_end(rc, err, small_disk / "k", "keys")
     assert rc == 1 and "No space left on device" in err
     assert list((small_disk / "k").iterdir()) == []  # no 0-byte server.key
+
+
+def test_predictions_on_a_full_disk_keep_whole_lines(
+    corpus: dict[str, Path], small_disk: Path, capsys: pytest.CaptureFixture[str], no_hang: None
+) -> None:
+    """``--predictions`` on a disk that fills up: a one-line error, and the file holds
+    only whole JSON lines (the one that did not fit is cut back)."""
+    import json
+
+    (small_disk / "fill").write_bytes(b"\0" * (60 * 1024))  # leaves room for a few lines
+    pred = small_disk / "p.jsonl"
+    src = corpus["synth.aedat4"]
+    argv = ["replay", str(src), "--no-display", "--as-fast-as-possible", "--predictions", str(pred)]
+    rc, _, err = _run_cli(argv, capsys)
+    _assert_clean_end(rc, err, pred, "replay --predictions")
+    assert rc == 1 and "No space left on device" in err
+    text = pred.read_text()
+    assert text and text.endswith("\n")
+    for line in text.splitlines():
+        json.loads(line)
