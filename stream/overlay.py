@@ -433,6 +433,18 @@ class VideoSink:
                 self.write(np.zeros((*self.frame_size, 3), dtype=np.uint8))
             self._writer.release()
             self._writer = None
+            # OpenCV's write() reports nothing (FFmpeg only warns): a full disk leaves a
+            # file without its index. Check that the finished file opens.
+            check = cv2.VideoCapture(str(self.path))
+            try:
+                ok = check.isOpened() and check.read()[0]
+            finally:
+                check.release()
+            if not ok:
+                raise SmastreamError(
+                    f"{self.path}: cannot write the video: the finished file does not open "
+                    "(disk full?)"
+                )
 
     def __enter__(self) -> VideoSink:
         return self

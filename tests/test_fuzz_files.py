@@ -417,3 +417,16 @@ def test_predictions_on_a_full_disk_keep_whole_lines(
     assert text and text.endswith("\n")
     for line in text.splitlines():
         json.loads(line)
+
+
+def test_video_on_a_full_disk_is_an_error(
+    corpus: dict[str, Path], small_disk: Path, capsys: pytest.CaptureFixture[str], no_hang: None
+) -> None:
+    """OpenCV's ``write`` reports nothing when the disk fills: the finished file is
+    checked, and a video that does not open is a one-line error, not exit 0."""
+    video = small_disk / "v.mp4"
+    src = corpus["synth.aedat4"]
+    argv = ["replay", str(src), "--no-display", "--as-fast-as-possible", "--video", str(video)]
+    rc, _, err = _run_cli(argv, capsys)
+    _assert_clean_end(rc, err, video, "replay --video")
+    assert rc == 1 and "does not open" in err
