@@ -407,11 +407,15 @@ class StreamConfig(_Geometry):
             changing it does not invalidate the cache.
         target_rule: ``"end"`` or ``"majority"``, see :func:`step_targets`.
         sensor_size, crop, downsample, output_size: As in :class:`ClipConfig`.
+        augment_seed: ``None``: the recordings as they are. Else an augmented copy
+            (:func:`smastream.train.augment.augment_events`, seeded by this and the
+            recording's name) is binned; each seed is its own cache entry.
     """
 
     bin_us: int = 50_000
     chunk_steps: int = 16
     target_rule: str = "end"
+    augment_seed: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -420,6 +424,10 @@ class StreamConfig(_Geometry):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         _check_rule(self.target_rule)
+        if self.augment_seed is not None and (
+            isinstance(self.augment_seed, bool) or not isinstance(self.augment_seed, int)
+        ):
+            raise ValueError(f"augment_seed must be an integer or None, got {self.augment_seed!r}")
 
 
 # --------------------------------------------------------------------------- cache
@@ -680,11 +688,41 @@ def _preprocess_clips(
     return meta
 
 
+def _augmented_packets(
+    reader: Any,
+    rec: Recording,
+    size: tuple[int, int],
+    seed: int,
+    windows: list[GestureWindow],
+    chunk_events: int,
+) -> tuple[list[Events], list[GestureWindow], dict[str, Any]]:
+    """The whole recording, augmented (events in packets, scaled label windows, a note)."""
+    from .augment import AUGMENT_VERSION, augment_events, augment_seed_for, scale_windows
+
+    parts = [np.asarray(p) for p in reader if len(p)]
+    events = np.concatenate(parts) if parts else np.zeros(0, dtype=EVENT_DTYPE)
+    copy_seed = augment_seed_for(seed, rec.name)
+    augmented, scale = augment_events(events, size, copy_seed)
+    t0 = int(events["t"][0]) if len(events) else 0
+    packets = [augmented[i : i + chunk_events] for i in range(0, len(augmented), chunk_events)]
+    note = {
+        "version": AUGMENT_VERSION,
+        "seed": seed,
+        "copy_seed": copy_seed,
+        "time_scale": scale,
+        "events_in": len(events),
+        "events_out": len(augmented),
+    }
+    return packets, scale_windows(windows, t0, scale), note
+
+
 def _preprocess_stream(
     rec: Recording, cfg: StreamConfig, out: Path, chunk_events: int
 ) -> dict[str, Any]:
     """Bin one whole recording into ``out/frames.f32`` with the live Binner; return meta."""
     labels = read_labels(rec.labels)
+    windows = list(labels.windows)
+    augment: dict[str, Any] | None = None
     with open_events(rec.events, chunk_events) as reader:
         size = cfg.resolve_size(reader.sensor_size, rec.events)
         geom = cfg.geometry(size)
@@ -696,8 +734,13 @@ def _preprocess_stream(
         first: int | None = None
         last: int | None = None
         written = 0
+        packets: Iterable[Events] = reader
+        if cfg.augment_seed is not None:
+            packets, windows, augment = _augmented_packets(
+                reader, rec, size, cfg.augment_seed, windows, chunk_events
+            )
         with open(out / "frames.f32", "wb") as f:
-            for packet in reader:
+            for packet in packets:
                 if not len(packet):
                     continue
                 t = packet["t"]
@@ -719,7 +762,7 @@ def _preprocess_stream(
                     written += win.n_bins
             f.truncate(n_bins * bin_bytes)
         skipped = dict(reader.skipped)
-    targets = step_targets(labels.windows, t0, cfg.bin_us, n_bins, cfg.target_rule)
+    targets = step_targets(windows, t0, cfg.bin_us, n_bins, cfg.target_rule)
     np.save(out / "targets.npy", targets)
     st = binner.stats
     meta = {
@@ -739,6 +782,8 @@ def _preprocess_stream(
         "reader_skipped": skipped,
         **_label_meta(labels),
     }
+    if augment is not None:
+        meta["augment"] = augment
     _write_json(out / "meta.json", meta)
     return meta
 
@@ -875,6 +920,12 @@ def _params(cfg: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     for k in exclude:
         d.pop(k)
+    if d.get("augment_seed", 0) is None:  # un-augmented entries keep their old keys
+        d.pop("augment_seed")
+    elif "augment_seed" in d:
+        from .augment import AUGMENT_VERSION
+
+        d["augment_version"] = AUGMENT_VERSION
     return d
 
 

@@ -93,10 +93,12 @@ __all__ = [
     "NO_GESTURE_NAME",
     "EpochResult",
     "TrainResult",
+    "augment_seeds",
     "build_model",
     "class_names_for",
     "geometry_for",
     "load_data",
+    "load_initial_weights",
     "lr_at",
     "resolve_device",
     "seed_everything",
@@ -655,6 +657,51 @@ def _clip_validate(
 # --------------------------------------------------------------------------- train
 
 
+def augment_seeds(cfg: TrainConfig) -> list[int | None]:
+    """``augment_seed`` of every training copy of the stream protocol (epoch ``e`` plays
+    copy ``e % len``): ``[None]`` without augmentation."""
+    if not cfg.resolved_augment:
+        return [None]
+    return [cfg.seed * 1000 + k for k in range(cfg.augment_copies)]
+
+
+def load_initial_weights(model: SMASNN, path: str | Path) -> None:
+    """Load a state dict (``torch.save(model.state_dict())``) into ``model`` to fine-tune.
+
+    Raises:
+        SmastreamError: the file is missing or not a state dict.
+        FormatError: not a torch state dict.
+        SmastreamError: a missing/unexpected tensor or a shape that differs from the
+            network the config builds (one line naming the file and the first difference).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SmastreamError(f"{path}: no weights file to start from (--init)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a damaged or foreign file
+        raise FormatError(path, 0, f"not a torch state dict ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise FormatError(path, 0, "not a state dict of tensors (torch.save(model.state_dict()))")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+        raise SmastreamError(
+            f"{path}: weights do not fit the network ({what}; {len(missing)} missing, "
+            f"{len(extra)} unexpected): check --preset, --width, --protocol",
+        )
+    for name, tensor in own.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise SmastreamError(
+                f"{path}: weights do not fit the network: {name} is {tuple(state[name].shape)}, "
+                f"the config's network has {tuple(tensor.shape)} (check --preset, --width, "
+                "--no-gesture-class, --input-size)",
+            )
+    model.load_state_dict(state)
+
+
 def _resume_source(resume: str | Path | bool | None, out: Path) -> Path | None:
     if resume in (None, False):
         return None
@@ -727,6 +774,8 @@ def train(
                 resume_path or out, 0, "checkpoint network does not match the training config"
             )
         model.load_state_dict(loaded.state_dict())
+    elif cfg.init is not None:
+        load_initial_weights(model, cfg.init)
     model.to(device)
     geo = geometry_for(sensor, model.config.input_size)
     cache = cfg.resolved_cache_dir
@@ -740,22 +789,34 @@ def train(
         scfg = StreamConfig(
             bin_us=cfg.bin_us, chunk_steps=cfg.chunk_steps, sensor_size=sensor, **geo
         )
-        train_stream = StreamDataset(
-            train_recs, cache, scfg, progress=progress, workers=cfg.workers
-        )
+        copies = augment_seeds(cfg)
+        train_streams = [
+            StreamDataset(
+                train_recs,
+                cache,
+                dataclasses.replace(scfg, augment_seed=a),
+                progress=progress,
+                workers=cfg.workers,
+            )
+            for a in copies
+        ]
+        train_stream = train_streams[0]
         if val_recs:
             val_stream = StreamDataset(
                 val_recs, cache, scfg, progress=progress, workers=cfg.workers
             )
-        batcher = StreamBatcher(
-            train_stream,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed,
-            rank=dist_.rank,
-            world_size=dist_.world,
-        )
-        per_epoch = len(batcher)
+        batchers = [
+            StreamBatcher(
+                ds,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                rank=dist_.rank,
+                world_size=dist_.world,
+            )
+            for ds in train_streams
+        ]
+        per_epoch = min(len(b) for b in batchers)
     else:
         ccfg = ClipConfig(n_frames=cfg.n_frames, sensor_size=sensor, **geo)
         train_clip = ClipDataset(train_recs, cache, ccfg, progress=progress, workers=cfg.workers)
@@ -802,6 +863,7 @@ def train(
         t0 = time.perf_counter()
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         if train_stream is not None:
+            batcher = batchers[epoch % len(batchers)]
             batcher.set_epoch(epoch)
             tr_loss, tr_acc = _stream_epoch(
                 net, model, batcher, stepper, cfg, per_epoch, desc, losses

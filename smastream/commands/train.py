@@ -56,12 +56,15 @@ _HELP = {
     "threads": "torch CPU threads (1 is often fastest on a busy machine)",
     "max_batches": "stop each epoch after N batches (quick checks)",
     "backend": "export at the end: onnx | tensorrt | none",
+    "init": "start from these weights (a state dict .pt, e.g. engine/models/demo.pt): fine-tune",
+    "augment_copies": "augmented copies per training recording (epoch e plays copy e % N)",
 }
 _BOOLS = {
     "azo": "Attention ZoneOut during training",
     "no_gesture_class": "stream protocol: train a 12th 'no gesture' output",
     "amp": "fp16 autocast on CUDA",
     "progress": "progress bars",
+    "augment": "stream: tonic event augmentation (default: on for synthetic data)",
 }
 
 
