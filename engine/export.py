@@ -53,13 +53,12 @@ from smastream import __version__
 from smastream.gestures import CLASS_NAMES
 
 from .model import SMASNN, SMASNNConfig, config_to_dict
+from .runtime import FRAMES, LOGITS, state_input_name, state_output_name
 
 EXPORT_FORMAT = "smastream.onnx"
 EXPORT_FORMAT_VERSION = 1
 METADATA_KEY = "smastream"
 OPSET = 17
-FRAMES = "frames"
-LOGITS = "logits"
 #: Bins per call of an exported graph: one, so that the live pipeline decides after every
 #: bin (the state carries across calls, so nothing is recomputed). A larger S is an
 #: export option for offline batch use.
@@ -91,16 +90,6 @@ SPEC_OPS: frozenset[str] = frozenset(
     }
 )
 ALLOWED_OPS: frozenset[str] = SPEC_OPS | {"Reshape"}
-
-
-def state_input_name(name: str) -> str:
-    """Graph input of state item ``name``."""
-    return f"{name}_in"
-
-
-def state_output_name(name: str) -> str:
-    """Graph output of state item ``name`` (fed back to :func:`state_input_name`)."""
-    return f"{name}_out"
 
 
 # -- BN folding --------------------------------------------------------------------------

@@ -22,11 +22,9 @@ import onnxruntime as ort
 
 from smastream.errors import FormatError
 
-from .runtime import ModelInfo, model_info_from_metadata
+from .runtime import FRAMES, LOGITS, ModelInfo, check_state_io, model_info_from_metadata
 
 METADATA_KEY = "smastream"
-FRAMES = "frames"
-LOGITS = "logits"
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "tensorrt")
 _PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -117,20 +115,7 @@ class OrtRuntime:
     def _setup_buffers(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
-        self.state_names: tuple[str, ...] = tuple(
-            n[: -len("_in")] for n in inputs if n != FRAMES and n.endswith("_in")
-        )
-        expected = {FRAMES, *(f"{n}_in" for n in self.state_names)}
-        if set(inputs) != expected or set(outputs) != {
-            LOGITS,
-            *(f"{n}_out" for n in self.state_names),
-        }:
-            raise FormatError(
-                self.path,
-                0,
-                f"graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not follow "
-                f"the frames + <name>_in -> logits + <name>_out convention",
-            )
+        self.state_names: tuple[str, ...] = check_state_io(inputs, outputs, self.path)
         s = self.info.steps_per_window
         frame_shape = (s, 1, *self.info.frame_shape)
         if tuple(inputs[FRAMES].shape) != frame_shape:

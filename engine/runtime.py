@@ -12,12 +12,55 @@ that a runtime needs nothing else (input size, bin width, steps per window, clas
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from smastream.errors import FormatError
+
+#: Graph input of one window of frames, ``[S, 1, 2, H, W]`` float32.
+FRAMES = "frames"
+#: Graph output of the window's logits, ``[S, 1, C]`` float32.
+LOGITS = "logits"
+STATE_IN = "_in"
+STATE_OUT = "_out"
+
+
+def state_input_name(name: str) -> str:
+    """Graph input of state item ``name``."""
+    return f"{name}{STATE_IN}"
+
+
+def state_output_name(name: str) -> str:
+    """Graph output of state item ``name`` (fed back to :func:`state_input_name`)."""
+    return f"{name}{STATE_OUT}"
+
+
+def check_state_io(
+    inputs: Collection[str], outputs: Collection[str], path: str | Path
+) -> tuple[str, ...]:
+    """The state names of a graph or engine following the I/O convention
+    ``frames + <name>_in -> logits + <name>_out`` (in input order).
+
+    Raises:
+        FormatError: (naming ``path``) when the inputs and outputs do not follow it.
+    """
+    names = tuple(n[: -len(STATE_IN)] for n in inputs if n != FRAMES and n.endswith(STATE_IN))
+    if set(inputs) != {FRAMES, *map(state_input_name, names)} or set(outputs) != {
+        LOGITS,
+        *map(state_output_name, names),
+    }:
+        raise FormatError(
+            path,
+            0,
+            f"graph inputs {sorted(inputs)} / outputs {sorted(outputs)} do not follow the "
+            f"{FRAMES} + <name>{STATE_IN} -> {LOGITS} + <name>{STATE_OUT} convention",
+        )
+    return names
 
 
 @dataclass(frozen=True)

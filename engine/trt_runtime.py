@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from smastream.errors import DependencyError, FormatError, SmastreamError
 
-from .runtime import ModelInfo, model_info_from_metadata
+from .runtime import FRAMES, LOGITS, ModelInfo, check_state_io, model_info_from_metadata
 
 INSTALL_HINT = (
     "install it with `pip install smastream[tensorrt]` on x86 with CUDA; "
@@ -47,8 +47,6 @@ INSTALL_HINT = (
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 ENGINE_FORMAT = "smastream.tensorrt-engine"
 ENGINE_FORMAT_VERSION = 1
-FRAMES = "frames"
-LOGITS = "logits"
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 
 
@@ -494,12 +492,7 @@ class TrtRuntime:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
         outputs = set(names) - inputs
-        self.state_names = tuple(n[: -len("_in")] for n in names if n in inputs and n != FRAMES)
-        if inputs != {FRAMES, *(f"{n}_in" for n in self.state_names)} or outputs != {
-            LOGITS,
-            *(f"{n}_out" for n in self.state_names),
-        }:
-            raise FormatError(self.path, 0, f"engine I/O {sorted(names)} is not a smastream graph")
+        self.state_names = check_state_io([n for n in names if n in inputs], outputs, self.path)
         shapes: dict[str, tuple[int, ...]] = {}
         for n in names:
             if engine.get_tensor_dtype(n) != trt.float32:

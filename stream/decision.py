@@ -46,8 +46,6 @@ import numpy.typing as npt
 from smastream.gestures import CLASS_NAMES, NO_GESTURE, NUM_CLASSES, no_gesture_index
 from smastream.stream.formats.labels import GestureWindow
 
-__all__ = ["NO_GESTURE"]  # re-exported: the name shown when Decision.label is None
-
 FloatArray = npt.NDArray[np.float64]
 
 

@@ -300,8 +300,9 @@ def test_ping_pong_bindings_match_a_plain_session(edge: tuple[SMASNN, Path]) -> 
 def test_step_rejects_a_wrong_window(edge: tuple[SMASNN, Path]) -> None:
     model, path = edge
     for rt in (OrtRuntime(path, threads=1), TorchRuntime(model, device="cpu")):
-        with pytest.raises(ValueError, match=r"\[4, 2, 64, 64\]"):
-            rt.step(np.zeros((4, 2, 64, 32), np.float32))
+        s = rt.info.steps_per_window  # the graph's 4; the torch runtime's default 1
+        with pytest.raises(ValueError, match=rf"\[{s}, 2, 64, 64\]"):
+            rt.step(np.zeros((s, 2, 64, 32), np.float32))
 
 
 def test_ort_options_are_checked(edge: tuple[SMASNN, Path]) -> None:
@@ -388,3 +389,14 @@ def test_bench_engine_on_a_recording(
     assert table.splitlines()[1].split()[:4] == ["onnxruntime", "edge", "4", "3"]
     assert main([*argv, "--steps-per-window", "2"]) == 1
     assert "runs 4 steps per window, not 2" in capsys.readouterr().err
+
+
+def test_state_io_convention_is_checked_in_one_place(tmp_path: Path) -> None:
+    from smastream.engine.runtime import FRAMES, LOGITS, check_state_io
+    from smastream.errors import FormatError
+
+    assert check_state_io([FRAMES, "a_in", "b_in"], [LOGITS, "b_out", "a_out"], "m") == ("a", "b")
+    with pytest.raises(FormatError, match=r"^m: .*b_out.*convention"):
+        check_state_io([FRAMES, "a_in"], [LOGITS, "b_out"], "m")
+    with pytest.raises(FormatError, match="convention"):
+        check_state_io(["x", "a_in"], [LOGITS, "a_out"], tmp_path / "g.onnx")
