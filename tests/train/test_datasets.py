@@ -394,3 +394,71 @@ def test_synthetic_recordings_flow_through_files(tmp_path, caplog):
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
     ds = ClipDataset(recs, tmp_path / "cache", ClipConfig(n_frames=4), progress=False)
     assert len(ds) == sum(len(read_labels(r.labels)) for r in recs) > 0
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augment_events_is_seeded_inside_the_sensor_and_not_flipped(rng) -> None:
+    from smastream.train.augment import AugmentSpec, augment_events
+
+    size = (128, 128)
+    ev = busy_events(rng, 10_000, 2_000_000, 40_000, size)
+    ev["x"] = rng.integers(0, 40, len(ev))  # everything on the left third of the image
+    a, sa = augment_events(ev.copy(), size, 5)
+    b, sb = augment_events(ev.copy(), size, 5)
+    c, sc = augment_events(ev.copy(), size, 6)
+    assert sa == sb and np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    for out, s in ((a, sa), (c, sc)):
+        assert out.dtype == EVENT_DTYPE and len(out) > 0.5 * len(ev)
+        assert np.all(np.diff(out["t"]) >= 0) and out["t"][0] >= ev["t"][0]
+        assert out["x"].max() < size[0] and out["y"].max() < size[1]
+        assert set(np.unique(out["p"])) <= {0, 1}
+        assert 0.8 <= s <= 1.25
+        span = (out["t"][-1] - ev["t"][0]) / (ev["t"][-1] - ev["t"][0])
+        assert abs(span - s) < 0.01  # the time scale it reports is the one applied
+        # no left-right flip: the bulk stays left (noise is at most 5 %, shift 10 px)
+        assert np.mean(out["x"] < 64) > 0.9
+    # the global legacy generator is left as it was
+    np.random.seed(123)  # noqa: NPY002
+    before = np.random.random()  # noqa: NPY002
+    np.random.seed(123)  # noqa: NPY002
+    augment_events(ev.copy(), size, 7, AugmentSpec())
+    assert np.random.random() == before  # noqa: NPY002
+
+
+def test_augmented_stream_dataset_scales_labels_and_keeps_plain_cache(tmp_path, rng) -> None:
+    import dataclasses
+    import json as _json
+
+    ev = busy_events(rng, 0, 4_000_000, 30_000, (32, 24))
+    windows = [G(1_000_000, 2_000_000, 4), G(2_500_000, 3_500_000, 7)]
+    rec = write_recording(tmp_path / "a.aedat", ev, windows)
+    cfg = StreamConfig(bin_us=50_000, chunk_steps=8, sensor_size=SENSOR)
+    plain = StreamDataset([rec], tmp_path / "cache", cfg, progress=False)
+    aug = StreamDataset(
+        [rec], tmp_path / "cache", dataclasses.replace(cfg, augment_seed=3), progress=False
+    )
+    again = StreamDataset(
+        [rec], tmp_path / "cache", dataclasses.replace(cfg, augment_seed=3), progress=False
+    )
+    assert again.report.cache_hits == 1  # one cache entry per seed
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(entries) == 2
+    meta = [_json.loads((tmp_path / "cache" / e / "meta.json").read_text()) for e in entries]
+    note = next(m["augment"] for m in meta if "augment" in m)
+    scale = note["time_scale"]
+    assert note["events_out"] != note["events_in"]
+    # the label windows moved with the time scale: class 4 starts near 1 s * scale
+    t = aug.targets(0)
+    first4 = int(np.argmax(t == 4)) * 50_000
+    assert abs(first4 - 1_000_000 * scale) <= 50_000
+    assert abs(aug.bins_per_recording[0] - plain.bins_per_recording[0] * scale) <= 2
+    assert not np.array_equal(np.asarray(plain._frames[0])[:40], np.asarray(aug._frames[0])[:40])
+    # the un-augmented entry's key is the one older code computed (no augment fields)
+    from smastream.train.datasets import _params
+
+    assert "augment_seed" not in _params(cfg) and "augment_version" in _params(
+        dataclasses.replace(cfg, augment_seed=3)
+    )

@@ -293,3 +293,56 @@ def test_geometry_matches_the_live_mapping() -> None:
 def test_demo_seeds_are_refused(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(ValueError, match="reserved for the demo"):
         train(tiny(tmp_path, cache, synth_seed=7))
+
+
+def test_init_starts_from_given_weights_and_refuses_other_shapes(
+    tmp_path: Path, cache: Path
+) -> None:
+    torch.manual_seed(99)
+    donor = build_model(tiny(tmp_path, cache))
+    weights = tmp_path / "w.pt"
+    torch.save(donor.state_dict(), weights)
+    cfg = tiny(tmp_path, cache, init=str(weights), epochs=1, max_batches=1, lr=1e-9)
+    result = train(cfg)
+    for name, value in donor.state_dict().items():  # lr ~0: still the donor's weights
+        if value.is_floating_point() and "running" not in name:
+            assert torch.allclose(result.model.state_dict()[name], value, atol=1e-5), name
+    wider = tiny(tmp_path / "w", cache, init=str(weights), width=1 / 16)
+    with pytest.raises(SmastreamError, match=r"w\.pt: weights do not fit") as err:
+        train(wider)
+    assert "\n" not in str(err.value)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(FormatError, match=r"bad\.pt"):
+        train(tiny(tmp_path / "b", cache, init=str(bad)))
+    with pytest.raises(SmastreamError, match="no weights file"):
+        train(tiny(tmp_path / "m", cache, init=str(tmp_path / "missing.pt")))
+
+
+def test_demo_weights_load_into_the_demo_config() -> None:
+    from smastream.train.loop import load_initial_weights
+
+    demo = Path(__file__).resolve().parents[2] / "engine" / "models" / "demo.pt"
+    model = build_model(TrainConfig(width=0.1875))
+    load_initial_weights(model, demo)
+    sd = torch.load(demo, weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_augmented_training_plays_a_copy_per_epoch(tmp_path: Path, cache: Path) -> None:
+    from smastream.train.loop import augment_seeds
+
+    cfg = tiny(tmp_path, cache, augment_copies=2, epochs=3, max_batches=1)
+    assert cfg.resolved_augment and augment_seeds(cfg) == [cfg.seed * 1000, cfg.seed * 1000 + 1]
+    assert not tiny(tmp_path, cache, protocol="clip").resolved_augment
+    assert augment_seeds(tiny(tmp_path, cache, augment=False)) == [None]
+    a = train(cfg).losses
+    b = train(tiny(tmp_path / "again", cache, augment_copies=2, epochs=3, max_batches=1)).losses
+    assert a == b  # seeded
+    seeds = set()
+    for meta in cache.glob("*-stream-*/meta.json"):
+        note = json.loads(meta.read_text()).get("augment")
+        if note is not None:
+            seeds.add(note["seed"])
+            assert note["events_out"] != note["events_in"]
+    assert {cfg.seed * 1000, cfg.seed * 1000 + 1} <= seeds  # both copies were binned
