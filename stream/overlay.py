@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import cv2
 import numpy as np
@@ -275,12 +276,31 @@ def _banner(title: str, colour: tuple[int, int, int], width: int) -> Image:
     return img
 
 
+def sensor_frame(events: npt.NDArray[Any], sensor_size: tuple[int, int]) -> Image:
+    """Polarity masks of raw events at full sensor resolution, for :func:`render_overlay`.
+
+    Shapes:
+        events: 1-D event array (fields ``x``, ``y``, ``p``; p = 1 ON).
+        returns: ``uint8 [2, H, W]`` (channel 0 = OFF, 1 = ON), ``(W, H) = sensor_size``;
+        events outside the sensor are left out.
+    """
+    w, h = sensor_size
+    out = np.zeros((2, h, w), dtype=np.uint8)
+    if len(events):
+        x = events["x"].astype(np.intp)
+        y = events["y"].astype(np.intp)
+        keep = (x < w) & (y < h)
+        out[(events["p"][keep] > 0).astype(np.intp), y[keep], x[keep]] = 1
+    return out
+
+
 def render_overlay(
     frames: npt.NDArray[np.generic],
     decision: Decision | None,
     stats: OverlayStats,
     scale: int = 4,
     short_names: Sequence[str] = SHORT_NAMES,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Image:
     """Draw one overlay frame.
 
@@ -291,6 +311,8 @@ def render_overlay(
         stats: FPS, per-stage latency, counters.
         scale: Integer upscale of the events (:func:`auto_scale` picks one).
         short_names: Bar labels, one per class (``len(decision.probs)`` of them).
+        crop: ``(x, y, w, h)`` of the model's crop in ``frames`` pixels, drawn as a
+            rectangle (None: the model sees all of it, nothing drawn).
 
     Returns:
         ``[H_out, W_out, 3]`` uint8 BGR, ``(H_out, W_out) = overlay_size(H, W, scale,
@@ -309,6 +331,10 @@ def render_overlay(
         )
     img = _background(hs // scale, ws // scale, scale, names).copy()
     img[BANNER_H : BANNER_H + hs, :ws] = ev
+    if crop is not None:
+        cx, cy, cw, ch = (int(v) * scale for v in crop)
+        y0 = BANNER_H + cy
+        cv2.rectangle(img, (cx, y0), (cx + cw - 1, y0 + ch - 1), ACCENT, 1)
     x0 = ws
     top = BANNER_H
     rows = _panel_rows_cached(len(names))

@@ -8,15 +8,21 @@ Three stages run concurrently, joined by bounded queues:
    windows).
 2. **inference** (thread): runs the runtime one window at a time with its state kept,
    turns logits into decisions, writes predictions (JSON lines, ZeroMQ).
-3. **display** (the calling thread): draws the overlay into a window and/or a video file,
-   handles keys (``q`` quit, ``r`` reset, space pause).
+3. **display** (the calling thread): at ``display_fps`` frames per second of sensor time
+   (default 30), draws the raw events of the last frame period at full sensor resolution,
+   the model's crop, and the latest decision, into a window and/or a video file; handles
+   keys (``q`` quit, ``r`` reset, space pause). Ingest cuts the display frames; the display
+   never waits for inference (it shows the latest decision) and inference never waits for
+   the display.
 
-In *live* mode the queues drop the oldest window when full (counted, shown on the overlay):
+In *live* mode the queues drop the oldest item when full (counted: engine windows, and
+separately display frames, so a slow display drops display frames, never engine steps):
 a slow consumer works on fresh data and never blocks the camera. In *lossless* mode (a
 replay as fast as possible) every stage waits for the next, so every window is inferred
-and drawn: results are then reproducible. State (engine and decider) is reset on request,
-on a source discontinuity (loop restart, camera reconnect, lost transport packets, a
-skipped gap) and when the decider reports an idle timeout.
+and every display frame drawn: results are then reproducible. State (engine and decider)
+is reset on request, on a source discontinuity (loop restart, camera reconnect, lost
+transport packets, a skipped gap, a backward time base) and when the decider reports an
+idle timeout.
 """
 
 from __future__ import annotations
@@ -115,6 +121,12 @@ class WindowQueue(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
+    @property
+    def finished(self) -> bool:
+        """Closed and empty: no item will come any more."""
+        with self._cond:
+            return self._closed and not self._items
+
 
 @dataclass(frozen=True)
 class Reset:
@@ -147,6 +159,15 @@ class ClosedWindow:
     bin_ms: float
     event_wall_mean: float | None = None
     event_wall_q: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DisplayFrame:
+    """The raw events of one display period ``(t_end_us - period, t_end_us]`` of sensor
+    time, full sensor resolution, for the display stage."""
+
+    t_end_us: int
+    events: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,8 @@ class PipelineStats:
     inferred: int = 0
     dropped_windows: int = 0
     dropped_results: int = 0
+    display_frames: int = 0
+    dropped_display_frames: int = 0
     incomplete_last_window: bool = False
     resets: dict[str, int] = field(default_factory=dict)
     lost_packets: int = 0
@@ -248,6 +271,8 @@ class PipelineConfig:
         seconds: Stop after this much wall time.
         keep_decisions: Keep ``(t_us, label)`` of every decision in
             :attr:`Pipeline.decisions` (one small tuple per step: for scoring replays).
+        display_fps: Display frames per second of sensor time, each showing the raw
+            events of its period; independent of bins and inference.
     """
 
     lossless: bool = False
@@ -259,6 +284,7 @@ class PipelineConfig:
     allow_remote: bool = False
     seconds: float | None = None
     keep_decisions: bool = False
+    display_fps: float = 30.0
 
 
 def decision_record(d: Decision, window_index: int) -> dict[str, Any]:
@@ -341,6 +367,8 @@ class Pipeline:
         self.bin_us = int(bin_us or info.bin_us)
         self.steps = info.steps_per_window
         crop, out = model_geometry(source.sensor_size, info.input_size)
+        self.crop = crop
+        """The model's crop of the sensor ``(x, y, w, h)``, None for the whole sensor."""
         gap_windows = max(1, math.ceil(MAX_GAP_US / (self.bin_us * self.steps)))
         self.binner = Binner(
             None,
@@ -365,7 +393,18 @@ class Pipeline:
         self.windows: WindowQueue[ClosedWindow | Reset] = WindowQueue(
             self.config.queue_windows, drop
         )
-        self.results: WindowQueue[Result] = WindowQueue(self.config.queue_windows, drop)
+        if not self.config.display_fps > 0 or not math.isfinite(self.config.display_fps):
+            raise ValueError(
+                f"display_fps must be a positive number, got {self.config.display_fps}"
+            )
+        self.frame_us = max(1, round(1e6 / self.config.display_fps))
+        # live: two frames of slack, then the oldest is dropped (display frames only)
+        self.display_frames: WindowQueue[DisplayFrame] = WindowQueue(
+            self.config.queue_windows if self.config.lossless else 2, drop
+        )
+        self._display_on = False
+        self._frame_edge: int | None = None
+        self._frame_events: list[np.ndarray] = []
         self._warm_up()
         self.error: BaseException | None = None
         self.last_result: Result | None = None
@@ -405,6 +444,9 @@ class Pipeline:
                         )
                         self._pending_walls = []
                         self._emit_windows(last, arrival, arrival)
+                        if self._display_on and self._frame_events:
+                            assert self._frame_edge is not None
+                            self._put_frame(self._frame_edge, self._frame_events)
                     break
                 if pacer is not None:  # replay pacing is not reading
                     t_read += pacer.waited_s - waited
@@ -427,18 +469,56 @@ class Pipeline:
                     )
                     self.binner.reset()  # time restarts: the old window edge is stale
                     self._pending_walls = []
+                    self._frame_edge, self._frame_events = None, []
                 t0 = time.perf_counter()
                 walls = self._event_walls(ev, packet.t_end_us, arrival)
                 windows = self.binner.push(ev) if len(ev) else []
                 windows += self.binner.flush(packet.t_end_us)
                 self._split_walls(ev, walls, windows)
                 self._emit_windows(windows, t0, time.perf_counter())
+                if self._display_on:
+                    self._cut_display_frames(ev, packet.t_end_us)
             stats.incomplete_last_window = self.binner.pending_events > 0
         except BaseException as exc:  # handed to the caller's thread
             self.error = exc
             self.stop.set()
         finally:
             self.windows.close()
+            self.display_frames.close()
+
+    def _put_frame(self, edge: int, parts: list[np.ndarray]) -> None:
+        from smastream.stream.events import empty_events
+
+        ev = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events())
+        self.display_frames.put(DisplayFrame(edge, ev), self.stop)
+        self.stats.display_frames += 1
+
+    def _cut_display_frames(self, ev: np.ndarray, t_end_us: int) -> None:
+        """Hand on a display frame for every display period that sensor time ``t_end_us``
+        has completed (a skipped gap starts the frame grid afresh)."""
+        period = self.frame_us
+        if self._frame_edge is None:
+            first = int(ev["t"][0]) if len(ev) else t_end_us - 1
+            self._frame_edge = first // period * period + period
+        if len(ev):
+            self._frame_events.append(ev)
+        if t_end_us - self._frame_edge > MAX_GAP_US:  # a gap: the events before it only
+            self._put_frame(self._frame_edge, self._frame_events)
+            self._frame_events = []
+            self._frame_edge = None
+            return
+        while t_end_us >= self._frame_edge:
+            edge = self._frame_edge
+            before, rest = [], []
+            for part in self._frame_events:
+                cut = int(np.searchsorted(part["t"], edge, side="left"))
+                if cut:
+                    before.append(part[:cut])
+                if cut < len(part):
+                    rest.append(part[cut:])
+            self._frame_events = rest
+            self._put_frame(edge, before)
+            self._frame_edge = edge + period
 
     def _put_window(self, item: ClosedWindow | Reset) -> None:
         self.windows.put(item, self.stop)
@@ -554,7 +634,8 @@ class Pipeline:
                     if publisher is not None:
                         publisher.send(rec)
                 index += 1
-                self.results.put(Result(w, decisions, (t1 - t0) * 1e3, (t2 - t1) * 1e3), self.stop)
+                # the latest result, for the display: never waits, never drops an engine step
+                self.last_result = Result(w, decisions, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
         except BaseException as exc:
             self.error = exc
             self.stop.set()
@@ -563,7 +644,6 @@ class Pipeline:
                 out.close()
             if publisher is not None:
                 publisher.close()
-            self.results.close()
 
     # -- stage 3: display (caller's thread) ---------------------------------------------
     def overlay_stats(self) -> Any:
@@ -587,7 +667,7 @@ class Pipeline:
         return OverlayStats(
             fps=fps,
             stage_ms=stage_ms,
-            dropped_windows=self.windows.dropped + self.results.dropped,
+            dropped_windows=self.windows.dropped,
             lost_packets=s.lost_packets,
             paused=self.paused.is_set(),
             source=self.source.name,
@@ -604,35 +684,42 @@ class Pipeline:
             threading.Thread(target=self._ingest, name="ingest", daemon=True),
             threading.Thread(target=self._infer, name="infer", daemon=True),
         ]
+        self._display_on = display is not None
         for t in threads:
             t.start()
+        frames_done = display is None
         try:
             while True:
-                finished = not threads[1].is_alive()  # read before the get: no result after
-                result = self.results.get(timeout_s=0.05)
-                if result is None:
-                    if finished:
+                if frames_done:  # no display, or every frame shown: wait for the engine
+                    threads[1].join(timeout=0.05)
+                    if not threads[1].is_alive():
                         break
                     if display is not None and not display_idle(display, self):
                         break
                 else:
-                    self.last_result = result
-                    self._fps_times.append(time.perf_counter())
-                    if display is not None and not display(result, self):
-                        break
+                    assert display is not None
+                    frame = self.display_frames.get(timeout_s=0.05)
+                    if frame is None:
+                        frames_done = self.display_frames.finished
+                        if not frames_done and not display_idle(display, self):
+                            break
+                    else:
+                        self._fps_times.append(time.perf_counter())
+                        if not display(frame, self):
+                            break
                 seconds = self.config.seconds
                 if seconds is not None and time.perf_counter() - start >= seconds:
                     break
         finally:
             self.stop.set()
             self.windows.close()
-            self.results.close()
+            self.display_frames.close()
             for t in threads:
                 t.join(timeout=10)
             s = self.stats
             s.wall_s = time.perf_counter() - start
             s.dropped_windows = self.windows.dropped
-            s.dropped_results = self.results.dropped
+            s.dropped_display_frames = self.display_frames.dropped
             if self.last_result is not None and s.windows:
                 s.sensor_s = s.inferred * self.steps * self.bin_us / 1e6
         if self.error is not None:
@@ -677,7 +764,8 @@ def summary_line(stats: PipelineStats) -> str:
     return (
         f"{stats.inferred} windows ({stats.sensor_s:.1f} s of sensor time in "
         f"{stats.wall_s:.1f} s, {speed:.1f}x real time), {stats.events} events; "
-        f"dropped windows {stats.dropped_windows + stats.dropped_results}, "
+        f"dropped windows {stats.dropped_windows + stats.dropped_results}, display frames "
+        f"{stats.display_frames} ({stats.dropped_display_frames} dropped), "
         f"lost packets {stats.lost_packets}; window->decision p50 {e2e['p50']:.1f} ms, "
         f"p99 {e2e['p99']:.1f} ms; event->decision mean {ev['mean']:.1f} ms, "
         f"p50 {ev['p50']:.1f} ms, p99 {ev['p99']:.1f} ms"
@@ -687,9 +775,14 @@ def summary_line(stats: PipelineStats) -> str:
 class OverlayDisplay:
     """The display stage: overlay frames into a window and/or a video, keys handled.
 
-    Keys (window only): ``q`` quit, ``r`` reset state, space pause/resume the source.
-    The caller must have checked :func:`~smastream.stream.overlay.has_display` before
-    asking for a window: opencv's ``imshow`` without an X server aborts the process.
+    Each frame shows the events of one display period at full sensor resolution (ON/OFF
+    colours), the model's crop as a rectangle, and the latest decision with its bars. The
+    video is written at ``fps`` (the pipeline's ``display_fps``): one frame per period of
+    sensor time. Keys (window only): ``q`` quit, ``r`` reset state, space pause/resume the
+    source. The caller must have checked :func:`~smastream.stream.overlay.has_display`
+    before asking for a window: opencv's ``imshow`` without an X server aborts the process.
+
+    ``input_size`` and ``window_s`` are accepted for older callers and not used.
     """
 
     title = "smastream"
@@ -699,39 +792,49 @@ class OverlayDisplay:
         *,
         window: bool,
         video: Path | None,
-        input_size: tuple[int, int],
-        window_s: float,
+        input_size: tuple[int, int] | None = None,
+        window_s: float | None = None,
         class_names: Sequence[str] = CLASS_NAMES,
         scale: int | None = None,
+        fps: float = 30.0,
     ) -> None:
-        from smastream.stream.overlay import (
-            VideoSink,
-            auto_scale,
-            overlay_size,
-            short_names_for,
-        )
+        from smastream.stream.overlay import short_names_for
 
-        w, h = input_size
+        del input_size, window_s
         self.short_names = short_names_for(class_names)
-        self.scale = scale or auto_scale(h, w)
+        self.scale = scale
         self.window = window
         self.frames = 0
-        self.sink = None
-        if video is not None:
-            size = overlay_size(h, w, self.scale, len(self.short_names))
-            self.sink = VideoSink(video, size, fps=max(1.0, 1.0 / window_s))
+        self.fps = float(fps)
+        self.video = video
+        self.sink: Any = None
 
-    def __call__(self, result: Result, pipeline: Pipeline) -> bool:
-        from smastream.stream.overlay import render_overlay
+    def _open_sink(self, sensor_size: tuple[int, int]) -> None:
+        from smastream.stream.overlay import VideoSink, auto_scale, overlay_size
+
+        w, h = sensor_size
+        if self.scale is None:
+            self.scale = auto_scale(h, w)
+        if self.video is not None and self.sink is None:
+            size = overlay_size(h, w, self.scale, len(self.short_names))
+            self.sink = VideoSink(self.video, size, fps=self.fps)
+
+    def __call__(self, frame: DisplayFrame, pipeline: Pipeline) -> bool:
+        from smastream.stream.overlay import render_overlay, sensor_frame
 
         t0 = time.perf_counter()
-        decision = result.decisions[-1] if result.decisions else None
+        size = pipeline.source.sensor_size
+        self._open_sink(size)
+        assert self.scale is not None
+        result = pipeline.last_result
+        decision = result.decisions[-1] if result is not None and result.decisions else None
         image = render_overlay(
-            result.window.frames,
+            sensor_frame(frame.events, size),
             decision,
             pipeline.overlay_stats(),
             self.scale,
             self.short_names,
+            crop=pipeline.crop,
         )
         pipeline.stats.render_ms.append((time.perf_counter() - t0) * 1e3)
         if self.sink is not None:

@@ -160,6 +160,8 @@ def build_report(
             "real_time_factor": speed,
         },
         "dropped_windows": stats.dropped_windows + stats.dropped_results,
+        "display_frames": stats.display_frames,
+        "dropped_display_frames": stats.dropped_display_frames,
         "lost_packets": stats.lost_packets,
         "resets": stats.resets,
         "resources": resources,
@@ -185,7 +187,9 @@ def summary_text(report: dict[str, Any]) -> str:
         "",
         f"windows {t['windows']} ({t['windows_per_s']:.1f}/s, {t['real_time_factor']:.2f}x "
         f"real time), events {t['events']} ({t['events_per_s'] / 1e6:.3f} Mev/s)",
-        f"dropped windows {report['dropped_windows']}, lost packets {report['lost_packets']}, "
+        f"dropped windows {report['dropped_windows']}, display frames "
+        f"{report['display_frames']} ({report['dropped_display_frames']} dropped), "
+        f"lost packets {report['lost_packets']}, "
         f"resets {report['resets']}",
         f"CPU {r['cpu_percent']}% of one core ({r['cpu_cores']} cores), "
         f"peak RSS {r['peak_rss_mb']:.0f} MB",

@@ -101,7 +101,9 @@ def test_replay_headless_writes_video_and_predictions_faster_than_real_time(
     assert len(windows) == (t[-1] - t0) // 50_000 + 1
     assert wall < span_s  # faster than real time, model opening included
     cap = cv2.VideoCapture(str(video))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(windows)
+    # 30 display frames per second of sensor time (display-rate, not one per bin)
+    assert abs(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - 30 * span_s) <= 1.5
+    assert cap.get(cv2.CAP_PROP_FPS) == 30
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape[0] > 256 and frame.shape[1] > 256
@@ -494,24 +496,70 @@ def test_a_recording_shorter_than_one_window_is_decided(
         assert len(p.decisions) == windows * (4 if onnx_path != model else 1)  # type: ignore[attr-defined]
 
 
-def test_every_result_reaches_the_display(model: Path) -> None:
-    """issue 11 item 19: the end-of-run check must not consume (and drop) a result."""
+def test_every_display_frame_and_every_step_in_a_lossless_replay(
+    real_data: Path, model: Path
+) -> None:
+    """issue 11 item 19 (the end-of-run check consumed and dropped a result): now the
+    display consumes display frames, every one of them reaches it, and the engine decides
+    every bin whatever the display does."""
     from smastream.stream.sources import FileSource
 
-    for _ in range(3):
-        source = FileSource(DEMO, speed=None, start_us=None)
-        p = _pipeline(source, model, lossless=True, seconds=None)
+    path = real_data / "tonic" / "sample.aedat4"
+    with open_events(path) as r:
+        t = np.concatenate([c["t"] for c in r])
+    for _ in range(2):
+        source = FileSource(path, speed=None)
+        p = _pipeline(source, model, lossless=True, keep_decisions=True)
         seen: list[object] = []
 
-        def display(result: object, _: object, seen: list[object] = seen) -> bool:
-            seen.append(result)
+        def display(frame: object, _: object, seen: list[object] = seen) -> bool:
+            seen.append(frame)
             return True
 
         try:
             stats = p.run(display)  # type: ignore[attr-defined]
         finally:
             source.close()
-        assert len(seen) == stats.inferred > 100
+        assert len(seen) == stats.display_frames >= 30 * (t[-1] - t[0]) / 1e6 - 1
+        assert sum(len(f.events) for f in seen) == len(t)  # type: ignore[attr-defined]
+        assert stats.inferred == (t[-1] - t[0] // 50_000 * 50_000) // 50_000 + 1
+
+
+def test_a_slow_display_drops_display_frames_never_engine_steps(
+    model: Path, tmp_path: Path
+) -> None:
+    """A deliberately slow display (0.25 s per frame) at 1x: it draws about 4 frames a
+    second and drops the rest; the engine still decides every bin in time."""
+    from smastream.stream.overlay import render_overlay, sensor_frame
+    from smastream.stream.sources import FileSource
+
+    source = FileSource(DEMO, speed=1.0)
+    p = _pipeline(source, model, seconds=3.0, keep_decisions=True)
+    drawn: list[int] = []
+
+    def slow(frame: object, pipe: object) -> bool:
+        r = pipe.last_result  # type: ignore[attr-defined]
+        image = render_overlay(
+            sensor_frame(frame.events, pipe.source.sensor_size),  # type: ignore[attr-defined]
+            r.decisions[-1] if r is not None else None,
+            pipe.overlay_stats(),  # type: ignore[attr-defined]
+            2,
+            [f"c{i}" for i in range(len(r.decisions[-1].probs) if r is not None else 11)],
+        )
+        drawn.append(image.shape[0])
+        time.sleep(0.25)
+        return True
+
+    try:
+        stats = p.run(slow)  # type: ignore[attr-defined]
+    finally:
+        source.close()
+    assert stats.dropped_display_frames > 30  # ~90 cut, ~12 drawn
+    assert len(drawn) < 20
+    assert stats.dropped_windows == 0  # no engine step dropped
+    sensor_s = 3.0
+    assert stats.inferred >= 0.8 * sensor_s / 0.05  # every bin of the ~3 s decided
+    assert len(p.decisions) == stats.inferred  # type: ignore[attr-defined]
 
 
 class _Packets:
