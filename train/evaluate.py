@@ -483,7 +483,8 @@ class EvalOptions:
 def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     from .config import parse_data_spec
     from .datasets import Recording, check_label_span, find_labelled_recordings
-    from .loop import SYNTH_TEST_SEEDS, _synthetic
+    from .loop import SYNTH_TEST_SEEDS
+    from .loop import synthetic_recordings as _synthetic
 
     kind, root = parse_data_spec(data)
     if kind == "synthetic":
@@ -529,7 +530,8 @@ def evaluate(
             its recording (one line naming the file).
     """
     from .datasets import ClipConfig, ClipDataset, StreamConfig, StreamDataset
-    from .loop import _sensor_of, geometry_for
+    from .loop import geometry_for
+    from .loop import sensor_of as _sensor_of
 
     opts = options or EvalOptions()
     model = open_eval_model(model_path)
@@ -663,3 +665,151 @@ def export_checkpoint(
 
         paths.append(build_or_load(out, "fp16", out=out.with_suffix(".plan")))
     return paths
+
+
+# --------------------------------------------------------------------------- tuning
+
+#: Seeds of the decision-default tuning recordings: in no training (1000+), validation
+#: (11000+), evaluation (21000+) range, never the demo's 7 and 8.
+TUNING_SEEDS = tuple(range(12_000, 12_006))
+TUNING_GRID: dict[str, tuple[float, ...]] = {
+    "smooth_ms": (25.0, 50.0, 100.0, 150.0),
+    "hold_steps": (1, 2, 3, 4),
+    "min_confidence": (0.3, 0.4, 0.5, 0.6),
+    "switch_margin": (0.0, 0.05, 0.1),
+}
+
+
+def tune_decision_defaults(
+    model_path: str | Path,
+    seeds: Sequence[int] = TUNING_SEEDS,
+    cache_dir: Path | None = None,
+    min_accuracy: float = 0.90,
+    max_false_idle: float = 0.10,
+) -> dict[str, Any]:
+    """Pick decision defaults on the synthetic tuning recordings of ``seeds``.
+
+    The engine runs once per recording (logits kept; the decider's idle resets of the
+    engine are not replayed, they happen after 2 s of quiet only); then every point of
+    :data:`TUNING_GRID` decides the kept logits through :meth:`Decider.decide_window`.
+    Chosen: the lowest median onset among the points with step accuracy
+    ``>= min_accuracy`` and false-idle rate ``<= max_false_idle`` (else the most
+    accurate point).
+
+    Returns:
+        ``{"data", "grid", "chosen", "result_chosen", "result_current_defaults"}``.
+    """
+    import dataclasses
+    import itertools
+
+    from smastream.stream.formats.labels import read_labels
+
+    from .datasets import StreamConfig, StreamDataset
+    from .loop import geometry_for, sensor_of, synthetic_recordings
+
+    model = open_eval_model(model_path)
+    if model.runtime is None:
+        raise SmastreamError(f"{model_path}: this model cannot stream (temporal='paper')")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
+        recs = synthetic_recordings(cache / "synthetic", list(seeds), 40.0, False)
+        sensor = sensor_of(recs[0])
+        geo = geometry_for(sensor, model.input_size)
+        sds = StreamDataset(
+            recs,
+            cache,
+            StreamConfig(bin_us=model.bin_us, chunk_steps=64, sensor_size=sensor, **geo),
+        )
+        kept = []
+        s = model.steps_per_window
+        for r, rec in enumerate(recs):
+            n = sds.bins_per_recording[r]
+            frames = np.concatenate(
+                [sds.chunk_arrays(r, c)[0] for c in range(sds.chunks_per_recording[r])]
+            )[:n]
+            model.runtime.reset()
+            pad = (-n) % s
+            full = np.concatenate([frames, np.zeros((pad, *frames.shape[1:]), np.float32)])
+            logits = np.concatenate(
+                [model.runtime.step(np.ascontiguousarray(full[i : i + s])) for i in range(0, n, s)]
+            )[:n]
+            kept.append((frames, logits, sds.t0_us[r], read_labels(rec.labels).windows))
+
+    def score(cfg: DecisionConfig) -> dict[str, float]:
+        steps = correct = idle = false_idle = 0
+        onsets: list[float] = []
+        for frames, logits, t0, windows in kept:
+            decider = Decider(cfg, len(model.class_names), model.class_names)
+            pairs = [
+                (d.t_bin_end_us, d.label)
+                for i in range(frames.shape[0])
+                for d in decider.decide_window(
+                    logits[i : i + 1], frames[i : i + 1], t0 + i * model.bin_us, model.bin_us
+                )
+            ]
+            m = stream_metrics(pairs, windows)
+            steps += m.n_window_steps
+            correct += m.n_correct_steps
+            idle += m.n_idle_steps
+            false_idle += m.n_false_idle
+            onsets += [math.inf if o is None else float(o) for o in m.onset_ms]
+        return {
+            "stream_accuracy": correct / steps if steps else float("nan"),
+            "onset_to_decision_ms_p50": float(np.median(onsets)) if onsets else math.inf,
+            "windows": len(onsets),
+            "windows_detected": sum(math.isfinite(o) for o in onsets),
+            "false_idle_rate": false_idle / idle if idle else 0.0,
+        }
+
+    base = DecisionConfig()
+    rows = []
+    for values in itertools.product(*TUNING_GRID.values()):
+        point = dict(zip(TUNING_GRID, values, strict=True))
+        point["hold_steps"] = int(point["hold_steps"])
+        rows.append((point, score(dataclasses.replace(base, **point))))
+    ok = [
+        r
+        for r in rows
+        if r[1]["stream_accuracy"] >= min_accuracy and r[1]["false_idle_rate"] <= max_false_idle
+    ]
+    if ok:
+        chosen = min(ok, key=lambda r: (r[1]["onset_to_decision_ms_p50"], -r[1]["stream_accuracy"]))
+    else:
+        chosen = max(rows, key=lambda r: r[1]["stream_accuracy"])
+    current = {k: getattr(base, k) for k in TUNING_GRID}
+    return {
+        "data": f"{len(kept)} synthetic recordings, seeds {min(seeds)}-{max(seeds)}, 40 s each",
+        "model": str(model_path),
+        "bin_ms": model.bin_us / 1000,
+        "rule": f"lowest median onset with step accuracy >= {min_accuracy} and false-idle "
+        f"rate <= {max_false_idle} (else the most accurate)",
+        "grid": {k: list(v) for k, v in TUNING_GRID.items()},
+        "chosen": chosen[0],
+        "result_chosen": chosen[1],
+        "result_current_defaults": current | score(base),
+    }
+
+
+def _tune_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m smastream.train.evaluate [MODEL] [--write CARD.json]``: tune the decision
+    defaults (:func:`tune_decision_defaults`), print them, and with ``--write`` store them
+    under ``decision_defaults_tuning`` in a model card."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m smastream.train.evaluate")
+    p.add_argument("model", nargs="?", default="engine/models/demo.onnx")
+    p.add_argument("--write", type=Path, help="model card (JSON) to store the result in")
+    args = p.parse_args(argv)
+    result = tune_decision_defaults(args.model)
+    print(json.dumps(result, indent=1))
+    if args.write is not None:
+        card = json.loads(args.write.read_text())
+        card["decision_defaults_tuning"] = result
+        tmp = args.write.with_name(args.write.name + ".part")
+        tmp.write_text(json.dumps(card, indent=1) + "\n")
+        tmp.replace(args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_tune_main())
