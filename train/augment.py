@@ -119,9 +119,9 @@ def augment_events(
             ev = T.TimeJitter(std=spec.time_jitter_us, clip_negative=False)(ev)
         if spec.spatial_jitter_px > 0:
             var = spec.spatial_jitter_px**2
-            ev = T.SpatialJitter(
-                sensor_size=(w, h, 2), var_x=var, var_y=var, clip_outliers=False
-            )(ev)
+            ev = T.SpatialJitter(sensor_size=(w, h, 2), var_x=var, var_y=var, clip_outliers=False)(
+                ev
+            )
         cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
         ev["x"] = (ev["x"] - cx) * zoom + cx + dx
         ev["y"] = (ev["y"] - cy) * zoom + cy + dy

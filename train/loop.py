@@ -66,6 +66,7 @@ from smastream.engine.model import (
     SMASNNConfig,
     load_checkpoint,
     mean_readout,
+    mse_onehot_loss,
     preset_config,
     save_checkpoint,
     tet_loss,
@@ -96,14 +97,18 @@ __all__ = [
     "augment_seeds",
     "build_model",
     "class_names_for",
+    "clip_loss",
     "geometry_for",
     "load_data",
     "load_initial_weights",
     "lr_at",
+    "mask_no_gesture",
     "resolve_device",
     "seed_everything",
+    "sensor_of",
     "stream_loss",
     "synthetic_profile",
+    "synthetic_recordings",
     "train",
 ]
 
@@ -143,6 +148,14 @@ def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int) -> flo
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def mask_no_gesture(targets: Tensor, no_gesture_class: bool) -> Tensor:
+    """Stream targets as the loss counts them: "no gesture" steps become
+    :data:`PAD_TARGET` (not counted) unless ``no_gesture_class``."""
+    if no_gesture_class:
+        return targets
+    return torch.where(targets == NO_GESTURE, torch.full_like(targets, PAD_TARGET), targets)
+
+
 def stream_loss(logits: Tensor, targets: Tensor, no_gesture_class: bool) -> tuple[Tensor, int]:
     """Per-step cross-entropy over the valid steps of a stream batch.
 
@@ -155,9 +168,7 @@ def stream_loss(logits: Tensor, targets: Tensor, no_gesture_class: bool) -> tupl
         ``(mean loss over the counted steps, number of counted steps)``; the loss is a
         zero that keeps the graph when no step counts.
     """
-    t = targets
-    if not no_gesture_class:
-        t = torch.where(t == NO_GESTURE, torch.full_like(t, PAD_TARGET), t)
+    t = mask_no_gesture(targets, no_gesture_class)
     n = int((t != PAD_TARGET).sum())
     if n == 0:
         return logits.sum() * 0.0, 0
@@ -231,7 +242,7 @@ def synthetic_profile(seed: int) -> dict[str, Any]:
     return opts
 
 
-def _synthetic(
+def synthetic_recordings(
     folder: Path, seeds: Sequence[int], seconds: float, progress: bool, workers: int = 0
 ) -> list[Recording]:
     """The synthetic recordings of ``seeds`` (generated where missing), in seed order."""
@@ -255,7 +266,7 @@ def _synthetic(
     return [by_seed[s] for s in seeds]
 
 
-def _sensor_of(rec: Recording) -> tuple[int, int]:
+def sensor_of(rec: Recording) -> tuple[int, int]:
     from smastream.stream.formats import open_events
 
     with open_events(rec.events) as reader:
@@ -281,10 +292,12 @@ def load_data(
         seeds = [cfg.synth_seed + i for i in range(cfg.synth_recordings)]
         vseeds = [cfg.synth_seed + VAL_SEED_OFFSET + i for i in range(cfg.synth_val_recordings)]
         if rank == 0:
-            _synthetic(folder, seeds + vseeds, cfg.synth_seconds, cfg.progress, cfg.workers)
+            synthetic_recordings(
+                folder, seeds + vseeds, cfg.synth_seconds, cfg.progress, cfg.workers
+            )
         _barrier()
-        train_recs = _synthetic(folder, seeds, cfg.synth_seconds, False)
-        val_recs = _synthetic(folder, vseeds, cfg.synth_seconds, False)
+        train_recs = synthetic_recordings(folder, seeds, cfg.synth_seconds, False)
+        val_recs = synthetic_recordings(folder, vseeds, cfg.synth_seconds, False)
     elif kind == "dvsgesture":
         from .dvsgesture import dvsgesture_recordings, prepare_dvsgesture
 
@@ -304,7 +317,7 @@ def load_data(
         raise SmastreamError(f"{cfg.data}: no labelled recordings found")
     for rec in val_recs if kind == "synthetic" else []:
         check_label_span(rec)
-    sensor = SYNTH_SENSOR if kind == "synthetic" else _sensor_of(train_recs[0])
+    sensor = SYNTH_SENSOR if kind == "synthetic" else sensor_of(train_recs[0])
     return train_recs, val_recs, sensor
 
 
@@ -525,13 +538,7 @@ def _stream_epoch(
         stepper(loss)
         losses.append(float(loss.detach()))
         if n:
-            t = (
-                targets
-                if cfg.no_gesture_class
-                else torch.where(
-                    targets == NO_GESTURE, torch.full_like(targets, PAD_TARGET), targets
-                )
-            )
+            t = mask_no_gesture(targets, cfg.no_gesture_class)
             valid = t != PAD_TARGET
             pred = logits.detach().argmax(-1)
             tot_ok += float(((pred == t) & valid).sum())
@@ -561,8 +568,7 @@ def _stream_validate(
             t = torch.from_numpy(targets).unsqueeze(1).to(device)
             loss, n = stream_loss(logits, t, cfg.no_gesture_class)
             if n:
-                if not cfg.no_gesture_class:
-                    t = torch.where(t == NO_GESTURE, torch.full_like(t, PAD_TARGET), t)
+                t = mask_no_gesture(t, cfg.no_gesture_class)
                 valid = (t != PAD_TARGET).flatten().cpu().numpy()
                 tt = t.flatten().cpu().numpy()[valid]
                 pp = logits.argmax(-1).flatten().cpu().numpy()[valid]
@@ -572,12 +578,13 @@ def _stream_validate(
     return tot_loss / max(tot_n, 1), float(np.trace(conf)) / max(tot_n, 1), conf
 
 
-def _clip_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+def clip_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    """The clip protocol's loss (in float32): :func:`~smastream.engine.model.tet_loss`
+    for ``"tet"``, else the paper's :func:`~smastream.engine.model.mse_onehot_loss`."""
     logits = logits.float()
     if kind == "tet":
         return tet_loss(logits, labels)
-    target = nn.functional.one_hot(labels, logits.shape[-1]).to(logits.dtype)
-    return nn.functional.mse_loss(mean_readout(logits), target)
+    return mse_onehot_loss(logits, labels)
 
 
 def _clip_loader(
@@ -624,7 +631,7 @@ def _clip_epoch(
         y = labels.to(device)
         with stepper.autocast():
             logits = net(x)[0]
-        loss = _clip_loss(logits, y, cfg.resolved_loss)
+        loss = clip_loss(logits, y, cfg.resolved_loss)
         stepper(loss)
         losses.append(float(loss.detach()))
         pred = mean_readout(logits.detach().float())[:, :NUM_CLASSES].argmax(-1)
@@ -648,7 +655,7 @@ def _clip_validate(
         x = torch.stack([f for f, _ in items], 1).to(device)
         y = torch.tensor([lab for _, lab in items], device=device)
         logits, _ = model.sequence(x)
-        tot_loss += float(_clip_loss(logits, y, cfg.resolved_loss)) * len(y)
+        tot_loss += float(clip_loss(logits, y, cfg.resolved_loss)) * len(y)
         pred = mean_readout(logits)[:, :NUM_CLASSES].argmax(-1)
         np.add.at(conf, (y.cpu().numpy(), pred.cpu().numpy()), 1)
     return tot_loss / max(len(ds), 1), float(np.trace(conf)) / max(len(ds), 1), conf

@@ -179,7 +179,9 @@ def test_stream_training_writes_run_folder(tmp_path: Path, cache: Path) -> None:
 def test_clip_training_runs_paper_temporal(tmp_path: Path, cache: Path) -> None:
     cfg = tiny(tmp_path, cache, protocol="clip", epochs=1, batch_size=1)
     result = train(cfg)
-    assert len(result.losses) == 2 and all(math.isfinite(v) for v in result.losses)
+    # the generator's 6 s recordings hold one or two labelled windows: 1-2 batches of 1
+    assert 1 <= len(result.losses) == result.history[-1].batches <= 2
+    assert all(math.isfinite(v) for v in result.losses)
     model, extra = load_checkpoint(Path(cfg.out) / "last.pt")
     assert model.config.temporal == "paper" and model.config.time_steps == 4
     assert model.config.num_classes == 11
