@@ -334,8 +334,8 @@ class PredictionPublisher:
         self._ctx.term()
 
 
-Display = Callable[[Result, "Pipeline"], bool]
-"""Called for each result in the display stage; returns False to stop the pipeline."""
+Display = Callable[["DisplayFrame", "Pipeline"], bool]
+"""Called for each display frame in the display stage; returns False to stop the pipeline."""
 
 
 class Pipeline:

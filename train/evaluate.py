@@ -764,7 +764,7 @@ def tune_decision_defaults(
     base = DecisionConfig()
     rows = []
     for values in itertools.product(*TUNING_GRID.values()):
-        point = dict(zip(TUNING_GRID, values, strict=True))
+        point: dict[str, Any] = dict(zip(TUNING_GRID, values, strict=True))
         point["hold_steps"] = int(point["hold_steps"])
         rows.append((point, score(dataclasses.replace(base, **point))))
     ok = [
