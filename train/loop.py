@@ -773,6 +773,9 @@ def train(
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + dist_.rank)
 
+    if loaded is None and cfg.init is not None:  # a bad --init fails before data preparation
+        with torch.random.fork_rng():
+            load_initial_weights(build_model(cfg), cfg.init)
     train_recs, val_recs, sensor = load_data(cfg, dist_.rank)
     model = build_model(cfg)
     if loaded is not None:
