@@ -27,6 +27,7 @@ import numpy as np
 from smastream.errors import DependencyError, SmastreamError
 from smastream.stream.events import SENSOR_SIZES, Events, as_events, empty_events
 from smastream.stream.formats import open_events
+from smastream.stream.info import JUMP_US
 
 DEFAULT_PACKET_US = 5_000
 """Default packet duration: 5 ms, a few packets per 50 ms bin."""
@@ -60,6 +61,12 @@ class EventSource(Protocol):
     def packets(self) -> Iterator[SourcePacket]: ...
 
     def close(self) -> None: ...
+
+
+GAP_SKIP_US = JUMP_US
+"""A silence of this much sensor time or more between two events of a file (the forward
+jump ``info`` lists as a problem, 10 s) is a timestamp jump: :class:`FileSource` skips it
+(no empty packets, no pacing) and flags a discontinuity."""
 
 
 class Pacer:
@@ -145,6 +152,9 @@ class FileSource:
         self.sensor_size: tuple[int, int] = size
         self.name = f"file:{self.path.name}"
         self.loops = 0
+        self.gaps_skipped = 0
+        """Forward timestamp jumps of at least :data:`GAP_SKIP_US` skipped (each flagged
+        as a discontinuity on the next packet)."""
 
     def packets(self) -> Iterator[SourcePacket]:
         """Yield packets on the grid ``k*packet_us``, paced; returns at the end of the file.
@@ -178,6 +188,12 @@ class FileSource:
                         yield self._emit(pending, edge, discontinuity)
                         discontinuity = False
                         edge += self.packet_us
+                        ahead = int(pending[0]["t"][0]) if pending and len(pending[0]) else edge
+                        if ahead - edge >= GAP_SKIP_US:  # a timestamp jump: skip, don't pace
+                            edge = ahead // self.packet_us * self.packet_us + self.packet_us
+                            discontinuity = True
+                            self.gaps_skipped += 1
+                            self.pacer.reanchor()
             except SmastreamError:
                 # Damage: the events the reader delivered before it go out first (and so
                 # into a recording), then the error.

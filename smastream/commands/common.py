@@ -306,6 +306,12 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         help="show the overlay window (off automatically without a display)",
     )
     parser.add_argument("--video", type=Path, help="write the overlay to this .mp4")
+    parser.add_argument(
+        "--display-fps",
+        type=float_in(1, 240, example="30"),
+        default=30.0,
+        help="overlay (and video) frames per second of sensor time, 1..240 (default 30)",
+    )
     parser.add_argument("--predictions", type=Path, help="write decisions as JSON lines")
     parser.add_argument(
         "--publish-predictions", metavar="ENDPOINT", help="publish decisions (JSON) on ZeroMQ"
@@ -382,6 +388,7 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
             publish_predictions=args.publish_predictions,
             allow_remote=args.allow_remote,
             seconds=args.seconds,
+            display_fps=args.display_fps,
         )
         pipeline = Pipeline(
             source,
@@ -397,8 +404,8 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
                     window=window,
                     video=args.video,
                     input_size=info.input_size,
-                    window_s=bin_us * info.steps_per_window / 1e6,
                     class_names=info.class_names,
+                    fps=args.display_fps,
                 )
             except KeyboardInterrupt:  # while the video was being opened: a stub with no
                 if args.video is not None:  # frame, which nothing plays
