@@ -162,7 +162,8 @@ def open_eval_model(
             return np.concatenate(out)
 
         w, h = info.input_size
-        return EvalModel(p, rt, tuple(info.class_names), (h, w), info.bin_us, s, t, onnx_clip)
+        b = int(bin_us) if bin_us else info.bin_us  # run at another bin width than trained
+        return EvalModel(p, rt, tuple(info.class_names), (h, w), b, s, t, onnx_clip)
 
     import torch
 
@@ -472,6 +473,8 @@ class EvalOptions:
     """
 
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    bin_us: int | None = None
+    """Bin width to bin and decide at (None: the model's); for the 10/25/50 ms table."""
     stable_steps: int = 1
     clip: bool = True
     stream: bool = True
@@ -534,7 +537,7 @@ def evaluate(
     from .loop import sensor_of as _sensor_of
 
     opts = options or EvalOptions()
-    model = open_eval_model(model_path)
+    model = open_eval_model(model_path, bin_us=opts.bin_us)
     with tempfile.TemporaryDirectory(prefix="smastream-eval-") as tmp:
         cache = Path(opts.cache_dir) if opts.cache_dir else Path(tmp)
         recs = _recordings_for(data, cache)
