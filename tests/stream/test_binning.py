@@ -452,3 +452,20 @@ def test_real_davis346_to_64x64(real_data: Path) -> None:
     whole = bin_events(ev, t0, bin_us, frames.shape[0], size, output_size=(64, 64))
     np.testing.assert_array_equal(frames, whole)
     assert frames[:, CHANNEL_ON].sum() == np.count_nonzero(ev["p"])  # ON 72,363 per SOURCES.md
+
+
+def test_finish_hands_on_the_unfinished_window_only_when_it_holds_events() -> None:
+    """End of stream (issue 11 item 8): the last partial window is decided, an empty one
+    is not; the binner then starts afresh."""
+    from smastream.stream.binning import Binner
+    from smastream.stream.events import empty_events
+
+    ev = empty_events(3)
+    ev["t"] = [1_000, 60_000, 130_000]
+    ev["x"], ev["y"], ev["p"] = 5, 6, 1
+    b = Binner(None, 50_000, 4, "dvs128")
+    assert b.push(ev) == []  # 0.13 s: less than one 200 ms window
+    (last,) = b.finish()
+    assert last.t_start_us == 0 and last.n_events == 3
+    assert last.frames.reshape(4, -1).sum(axis=1).tolist() == [1, 1, 1, 0]
+    assert b.finish() == [] and b.next_window_start_us is None
