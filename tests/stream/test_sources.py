@@ -123,13 +123,15 @@ def test_camera_source_without_camera_says_what_it_sees() -> None:
 
 
 def test_synthetic_source_is_a_paced_live_camera() -> None:
-    src = SyntheticSource("dvs128", seconds=8.0, seed=11, speed=None, packet_us=10_000)
+    src = SyntheticSource("dvs128", seconds=10.0, seed=11, speed=None, packet_us=10_000)
     packets = list(src.packets())
     _check_grid(packets, 10_000)
-    assert packets[-1].t_end_us >= 8_000_000
+    assert packets[-1].t_end_us >= 10_000_000
     ev = np.concatenate([p.events for p in packets])
-    assert len(ev) > 10_000
-    assert src.labels and all(w.end_us <= 8_000_000 for w in src.labels)
+    # the calibrated sensor is sparse (about 1 kev/s in still and slow scenes, as real
+    # DVS128 recordings of people): 10 s hold several thousand events, not tens of thousands
+    assert len(ev) > 5_000
+    assert src.labels and all(w.end_us <= 10_000_000 for w in src.labels)
 
 
 def test_subscriber_source_passes_a_publisher_restart_on_as_a_discontinuity(
