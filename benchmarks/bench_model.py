@@ -75,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     configs: list[tuple[str, SMASNNConfig, int, int]] = [
-        ("paper 128x128", paper_config(), args.paper_steps, 2),
+        ("paper 128x128", paper_config(temporal="causal"), args.paper_steps, 2),
         ("edge (default)", edge_config(), args.steps, 20),
     ]
     if args.sweep:

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         guarded(
             summary,
             "paper",
-            lambda: check_preset("paper", 4, max(50, args.windows // 3), 20, tmp),
+            lambda: check_preset("paper-causal", 4, max(50, args.windows // 3), 20, tmp),
         )
         guarded(summary, "tensorrt", lambda: check_tensorrt(args.windows, tmp))
     text = json.dumps(summary, indent=2, default=str)

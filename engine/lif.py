@@ -1,6 +1,7 @@
 """Leaky integrate-and-fire neuron (spec §1): a pure step function and a thin module.
 
-    H_t = V_{t-1} + (X_t - V_{t-1}) / tau          (computed as V·(1 - 1/tau) + X·(1/tau))
+    H_t = V_{t-1} + (X_t - V_{t-1}) / tau          (computed in this order, as the reference
+                                                    does: v + (x - v)·(1/tau))
     S_t = 1[H_t >= threshold]
     V_t = 0 where S_t else H_t                      (hard reset; the reset is not differentiated)
 
@@ -100,7 +101,11 @@ def lif_step(
         raise ValueError(f"tau must be >= 1, got {tau!r}")
     if x.shape != v.shape:
         raise ValueError(f"x and v shapes differ: {tuple(x.shape)} vs {tuple(v.shape)}")
-    h = torch.add(v * (1.0 - 1.0 / tau), x, alpha=1.0 / tau)  # exports as Mul, Mul, Add
+    # The reference's order of operations: v + (x - v)/tau. The algebraically equal
+    # v·(1 - 1/tau) + x/tau rounds differently (1 ulp), which flips spikes at the threshold.
+    # Written as v + (x + v·(-1))·(1/tau) so that it exports as Mul and Add only (no Sub);
+    # negation is exact, so this is bit-identical to v + (x - v)/tau for tau = 2.
+    h = v + (x + v * -1.0) * (1.0 / tau)
     fired = h >= threshold
     if surrogate:
         s = spike(h, threshold, surrogate=True, alpha=alpha)

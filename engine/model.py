@@ -39,7 +39,10 @@ from .azo import RCR, RTR
 from .lif import LIF, SURROGATE_ALPHA, TAU, THRESHOLD
 from .sma import KERNELS, SMA, TEMPORAL_MODES
 
-PRESETS: tuple[str, ...] = ("paper", "edge")
+#: ``paper``: the paper's network (paper temporal attention, an FC over T: offline only);
+#: ``paper-causal``: the same network with the causal temporal filter, which streams;
+#: ``edge``: the scaled-down causal network for two CPU cores / a Jetson.
+PRESETS: tuple[str, ...] = ("paper", "paper-causal", "edge")
 CHECKPOINT_FORMAT = "smastream.sma-snn"
 CHECKPOINT_VERSION = 1
 
@@ -166,8 +169,19 @@ def _plain(value: Any) -> Any:
 
 
 def paper_config(**overrides: Any) -> SMASNNConfig:
-    """The paper's DVS128 Gesture VGG (spec §2): 128×128, 22.45 M parameters."""
-    return dataclasses.replace(SMASNNConfig(preset="paper"), **overrides)
+    """The paper's DVS128 Gesture VGG (spec §2): 128×128, 22.45 M parameters.
+
+    Its SMA temporal attention is the paper's (``temporal="paper"``, an FC over the
+    ``time_steps`` axis), which sees future steps and so has no streaming form; see
+    :func:`paper_causal_config` for the variant that streams.
+    """
+    return dataclasses.replace(SMASNNConfig(preset="paper", temporal="paper"), **overrides)
+
+
+def paper_causal_config(**overrides: Any) -> SMASNNConfig:
+    """The paper's network with the causal temporal filter (``temporal="causal"``): streams."""
+    base = SMASNNConfig(preset="paper-causal", temporal="causal")
+    return dataclasses.replace(base, **overrides)
 
 
 EDGE_WIDTH = 0.1875
@@ -207,6 +221,8 @@ def preset_config(name: str, **overrides: Any) -> SMASNNConfig:
     """Config of a named preset, with field overrides (e.g. ``temporal="paper"``)."""
     if name == "paper":
         return paper_config(**overrides)
+    if name == "paper-causal":
+        return paper_causal_config(**overrides)
     if name == "edge":
         return edge_config(**overrides)
     raise ValueError(f"unknown preset {name!r}; valid: {PRESETS}")

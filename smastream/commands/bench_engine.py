@@ -1,7 +1,7 @@
 """``smastream bench-engine``: per-window latency and throughput of one runtime.
 
     smastream bench-engine --preset edge                         # ONNX Runtime, S=4
-    smastream bench-engine --preset paper --backend torch --steps-per-window 1
+    smastream bench-engine --preset paper-causal --backend torch --steps-per-window 1
     smastream bench-engine --model model.onnx --threads 1 --input recordings/demo.aedat4
     smastream bench-engine --model model.plan --backend tensorrt --json
 
@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", type=Path, help="ONNX model, TensorRT engine or checkpoint")
-    what.add_argument("--preset", choices=("edge", "paper"), help="random weights of a preset")
+    what.add_argument(
+        "--preset", choices=("edge", "paper-causal"), help="random weights of a preset"
+    )
     parser.add_argument(
         "--steps-per-window",
         type=positive_int,

@@ -3,6 +3,7 @@ dropout, checkpoints, and a tiny model that learns."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections import defaultdict
@@ -173,6 +174,16 @@ def test_step_and_sequence_reject_bad_input() -> None:
         paper_mode.step(torch.zeros(1, 2, 64, 64), paper_mode.initial_state(1))
 
 
+def test_presets_name_the_temporal_attention() -> None:
+    paper = preset_config("paper")
+    streaming = preset_config("paper-causal")
+    assert (paper.preset, paper.temporal) == ("paper", "paper")
+    assert (streaming.preset, streaming.temporal) == ("paper-causal", "causal")
+    assert dataclasses.replace(streaming, preset="paper", temporal="paper") == paper
+    assert preset_config("edge").temporal == "causal"
+    assert preset_config("paper", temporal="causal").temporal == "causal"  # training's override
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="divisible"):
         SMASNNConfig(input_size=(100, 100))
@@ -223,7 +234,7 @@ def test_step_matches_sequence_edge() -> None:
 
 def test_step_matches_sequence_paper() -> None:
     torch.manual_seed(0)
-    _agreement(SMASNN(paper_config()), t=2, batch=1)
+    _agreement(SMASNN(preset_config("paper-causal")), t=2, batch=1)
 
 
 @pytest.mark.parametrize("temporal", ["causal", "paper"])

@@ -224,7 +224,7 @@ def test_edge_parity_over_100_windows(edge: tuple[SMASNN, Path]) -> None:
 
 
 def _paper_parity(tmp_path: Path, n_windows: int, min_clean: float) -> None:
-    model = spiking_model("paper", seed=4)
+    model = spiking_model("paper-causal", seed=4)
     path = tmp_path / "paper.onnx"
     export_onnx(model, path, steps_per_window=1)
     result = _lockstep(model, path, _windows((1, 2, 128, 128), n_windows, seed=2))
