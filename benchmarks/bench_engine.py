@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             paper_path = Path(tmp) / "paper-s1.onnx"
             torch.manual_seed(0)
-            export_onnx(SMASNN(preset_config("paper-causal")).eval(), paper_path, steps_per_window=1)
+            paper = SMASNN(preset_config("paper-causal")).eval()
+            export_onnx(paper, paper_path, steps_per_window=1)
             rt = OrtRuntime(paper_path, threads=2)
             windows = random_windows(rt.info.window_shape, 0.3, 4, 2)
             st = summarize(time_calls(rt, windows, 8, 2), 1)
