@@ -674,13 +674,13 @@ def load_checkpoint(
             data = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         reason = _load_error(exc)
-        raise FormatError(path, 0, f"not a readable torch checkpoint ({reason})") from None
+        raise FormatError(path, None, f"not a readable torch checkpoint ({reason})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise FormatError(path, 0, f"not a {CHECKPOINT_FORMAT} checkpoint")
+        raise FormatError(path, None, f"not a {CHECKPOINT_FORMAT} checkpoint")
     if data.get("version") != CHECKPOINT_VERSION:
         raise FormatError(
             path,
-            0,
+            None,
             f"checkpoint version {data.get('version')!r} not "
             f"supported (this code reads {CHECKPOINT_VERSION})",
         )
@@ -689,6 +689,7 @@ def load_checkpoint(
         model = SMASNN(config)
         model.load_state_dict(data["state_dict"])
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-        raise FormatError(path, 0, f"checkpoint does not describe a valid network: {exc}") from exc
+        cause = f"checkpoint does not describe a valid network: {exc}"
+        raise FormatError(path, None, cause) from exc
     model.eval()
     return model, dict(data.get("extra", {}))

@@ -19,19 +19,26 @@ class FormatError(SmastreamError):
 
     Args:
         path: The file.
-        offset: Byte offset in the file where the problem was found.
+        offset: Byte offset in the file where the problem was found, or ``None`` for a
+            problem that has no place in the file (a checkpoint that describes no valid
+            network, a model without metadata): the message then has no "at byte" part.
         cause: What was wrong, in a few words.
     """
 
-    def __init__(self, path: str | Path, offset: int, cause: str) -> None:
+    def __init__(self, path: str | Path, offset: int | None, cause: str) -> None:
         self.path = str(path)
-        self.offset = int(offset)
+        self.offset = None if offset is None else int(offset)
         self.cause = cause
-        super().__init__(f"{self.path}: at byte {self.offset}: {cause}")
+        where = "" if self.offset is None else f" at byte {self.offset}:"
+        super().__init__(f"{self.path}:{where} {cause}")
 
-    def __reduce__(self) -> tuple[type[FormatError], tuple[str, int, str]]:
+    def __reduce__(self) -> tuple[type[FormatError], tuple[str, int | None, str]]:
         # Pickled as its arguments: it crosses process boundaries (parallel preparation).
         return (type(self), (self.path, self.offset, self.cause))
+
+
+class ConfigError(SmastreamError):
+    """A bad option or configuration value (a flag, a TOML key): the message names it."""
 
 
 class DependencyError(SmastreamError):

@@ -17,7 +17,7 @@ import json
 import sys
 
 from smastream.commands.common import add_decision_arguments, decision_config_from_args
-from smastream.errors import SmastreamError
+from smastream.errors import ConfigError, SmastreamError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,19 +51,22 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise SmastreamError(f"evaluation needs the train extra ({exc})") from None
     decision = decision_config_from_args(args)
-    try:
-        opts = EvalOptions(
-            decision=decision,
-            stable_steps=args.stable_steps,
-            clip=not args.no_clip,
-            stream=not args.no_stream,
-            cache_dir=args.cache_dir,
-            max_recordings=args.max_recordings,
-            progress=not args.json,
-        )
-        summary = evaluate(args.model, args.data, opts)
-    except ValueError as exc:
-        raise SmastreamError(str(exc)) from None
+    if args.stable_steps < 1:
+        raise ConfigError(f"--stable-steps must be >= 1, got {args.stable_steps}")
+    if args.max_recordings is not None and args.max_recordings < 1:
+        raise ConfigError(f"--max-recordings must be >= 1, got {args.max_recordings}")
+    # No blanket ``except ValueError``: evaluate() raises SmastreamError subclasses for a
+    # bad model or data folder; any other error is a bug and keeps its traceback.
+    opts = EvalOptions(
+        decision=decision,
+        stable_steps=args.stable_steps,
+        clip=not args.no_clip,
+        stream=not args.no_stream,
+        cache_dir=args.cache_dir,
+        max_recordings=args.max_recordings,
+        progress=not args.json,
+    )
+    summary = evaluate(args.model, args.data, opts)
     if args.confusion_png and summary.get("stream_confusion") is not None:
         from smastream.train.plots import plot_confusion
 

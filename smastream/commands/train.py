@@ -22,7 +22,7 @@ import json
 import sys
 from typing import Any
 
-from smastream.errors import SmastreamError
+from smastream.errors import ConfigError, SmastreamError
 
 _HELP = {
     "preset": "model preset: edge (CPU/Jetson) or paper (22.5 M params)",
@@ -106,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` of defaults < ``--config`` TOML < flags.
 
     Raises:
-        SmastreamError: an unreadable TOML file or a bad value (one line).
+        SmastreamError: an unreadable TOML file; ConfigError: a bad value (one line).
     """
     from smastream.train.config import TrainConfig, config_from_mapping, load_toml
 
@@ -119,8 +119,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
             values[f.name] = v
     try:
         return config_from_mapping(values)
-    except (ValueError, TypeError) as exc:
-        raise SmastreamError(str(exc)) from None
+    except (ValueError, TypeError) as exc:  # the validation of the user's values, only
+        raise ConfigError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
         raise SmastreamError(
             f"training needs the train extra ({exc}): pip install 'smastream[train]'"
         ) from None
-    try:
-        result = train(cfg, resume=args.resume)
-    except ValueError as exc:
-        raise SmastreamError(str(exc)) from None
+    # No blanket ``except ValueError`` here: the user's values were checked above, and
+    # train() raises SmastreamError subclasses for bad data; any other error is a bug and
+    # keeps its traceback.
+    result = train(cfg, resume=args.resume)
     last = result.history[-1] if result.history else None
     summary = {
         "out": cfg.out,

@@ -317,8 +317,13 @@ def test_bad_checkpoint_is_a_format_error(tmp_path: Path) -> None:
         load_checkpoint(junk)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, other)
-    with pytest.raises(FormatError, match="not a smastream"):
+    with pytest.raises(FormatError, match="not a smastream") as err:
         load_checkpoint(other)
+    # a problem with no place in the file: no made-up "at byte 0"
+    assert str(err.value) == f"{other}: not a smastream.sma-snn checkpoint"
+    assert err.value.offset is None
+    assert str(FormatError(other, 12, "bad")) == f"{other}: at byte 12: bad"
+    assert str(FormatError(other, 0, "bad")) == f"{other}: at byte 0: bad"  # a real offset 0
 
 
 # -- learning ----------------------------------------------------------------------------

@@ -246,3 +246,48 @@ def test_synthetic_evaluation_data_is_in_no_training_or_validation_range(tmp_pat
     recs = _recordings_for("synthetic", tmp_path)
     assert [r.events.name.split("-")[1] for r in recs] == [f"seed{s}" for s in SYNTH_TEST_SEEDS]
     assert all(r.labels.is_file() for r in recs)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """``smastream ARGV`` in a subprocess: (exit code, stderr)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "smastream", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "engine/models/demo.onnx", "--data", "recordings/demo.aedat4",
+          "--stable-steps", "0"], "--stable-steps must be >= 1, got 0"),
+        (["evaluate", "engine/models/demo.onnx", "--data", "recordings/demo.aedat4",
+          "--max-recordings", "-2"], "--max-recordings must be >= 1, got -2"),
+        (["train", "--data", "synthetic", "--epochs", "0", "--out", "unused-run"], "epochs"),
+    ],
+)  # fmt: skip
+def test_bad_command_values_are_one_line_config_errors(argv: list[str], message: str) -> None:
+    rc, err = _cli(argv)
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_config_error_is_a_smastream_error() -> None:
+    from smastream.errors import ConfigError
+
+    assert issubclass(ConfigError, SmastreamError)
+    with pytest.raises(ConfigError, match="epochs"):
+        from smastream.commands.train import add_arguments, config_from_args
+
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        config_from_args(parser.parse_args(["--data", "synthetic", "--epochs", "0"]))
