@@ -248,8 +248,3 @@ def open_runtime(model_path: str | Path, backend: str | None = None, **options: 
     if path.suffix.lower() in ONNX_SUFFIXES:
         return TrtRuntime.from_onnx(path, **options)
     return TrtRuntime(path, **options)
-
-
-def state_norms_of(arrays: dict[str, npt.NDArray[np.float32]]) -> dict[str, float]:
-    """L2 norm of each array (float64 accumulation)."""
-    return {name: float(np.linalg.norm(a.ravel().astype(np.float64))) for name, a in arrays.items()}

@@ -169,30 +169,3 @@ def validate_events(events: np.ndarray, size: tuple[int, int] | None = None) -> 
     if bad_p:
         report.problems.append(f"{bad_p} polarities not 0 or 1")
     return report
-
-
-def split_by_time(events: Events, packet_us: int, t0: int | None = None) -> list[Events]:
-    """Cut sorted events into packets of fixed ``packet_us`` duration (views, not copies).
-
-    Packet ``k`` holds ``t0 + k*packet_us <= t < t0 + (k+1)*packet_us``; empty packets
-    between busy ones are kept so that time advances. ``t0`` defaults to the first event's
-    time rounded down to a multiple of ``packet_us``.
-    """
-    if packet_us <= 0:
-        raise ValueError(f"packet_us must be positive, got {packet_us}")
-    if len(events) == 0:
-        return []
-    t = events["t"]
-    if t0 is None:
-        t0 = int(t[0]) // packet_us * packet_us
-    n = (int(t[-1]) - t0) // packet_us + 1
-    edges = t0 + packet_us * np.arange(1, n, dtype=np.int64)
-    cuts = np.searchsorted(t, edges, side="left")
-    return list(np.split(events, cuts))
-
-
-def split_by_count(events: Events, count: int) -> list[Events]:
-    """Cut events into packets of at most ``count`` events (views, not copies)."""
-    if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
-    return [events[i : i + count] for i in range(0, len(events), count)]

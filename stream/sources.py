@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from smastream.errors import DependencyError, SmastreamError
-from smastream.stream.events import SENSOR_SIZES, Events, as_events, empty_events
+from smastream.stream.events import Events, as_events, empty_events
 from smastream.stream.formats import open_events
 from smastream.stream.info import JUMP_US
 
@@ -381,22 +381,6 @@ class SyntheticSource:
 
     def close(self) -> None:
         pass
-
-
-def open_source(
-    spec: str,
-    *,
-    speed: float | None = 1.0,
-    loop: bool = False,
-    packet_us: int = DEFAULT_PACKET_US,
-) -> EventSource:
-    """A source from a command-line spec: a file path, ``camera:DEVICE`` or ``synthetic[:SEED]``."""
-    if spec.startswith("synthetic"):
-        _, _, seed = spec.partition(":")
-        return SyntheticSource(seed=int(seed or 0), speed=speed, packet_us=packet_us)
-    if spec.startswith("camera:") or spec in SENSOR_SIZES or spec == "auto":
-        return CameraSource(spec.removeprefix("camera:"))
-    return FileSource(spec, speed=speed, loop=loop, packet_us=packet_us)
 
 
 class SubscriberSource:
