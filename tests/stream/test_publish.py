@@ -223,6 +223,7 @@ def test_publisher_restart_is_a_discontinuity_and_infer_keeps_deciding(
     assert "1 restarts" in transport and " 0 lost" in transport, transport
     summary = next(line for line in err_infer.splitlines() if " windows (" in line)
     delivered = int(summary.split(" events;")[0].rsplit(" ", 1)[1])
-    assert f"({delivered} events) received" in transport  # none dropped before the pipeline
+    if " 0 dropped as stale" in transport:  # a loaded machine may drop stale packets live
+        assert f"({delivered} events) received" in transport  # none lost before the pipeline
     if record:
         assert len(_read_all(recording)) == delivered
