@@ -99,14 +99,14 @@ class OrtRuntime:
                 str(self.path), sess_options=opts, providers=_PROVIDERS[self.device]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise FormatError(self.path, 0, f"onnxruntime cannot load it ({exc})") from None
+            raise FormatError(self.path, None, f"onnxruntime cannot load it ({exc})") from None
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if raw is None:
-            raise FormatError(self.path, 0, "no smastream metadata: not exported by smastream")
+            raise FormatError(self.path, None, "no smastream metadata: not exported by smastream")
         try:
             self.info: ModelInfo = model_info_from_metadata(json.loads(raw), "onnxruntime")
         except ValueError as exc:
-            raise FormatError(self.path, 0, str(exc)) from None
+            raise FormatError(self.path, None, str(exc)) from None
         self.threads = threads
         self._setup_buffers()
 
@@ -120,7 +120,9 @@ class OrtRuntime:
         frame_shape = (s, 1, *self.info.frame_shape)
         if tuple(inputs[FRAMES].shape) != frame_shape:
             raise FormatError(
-                self.path, 0, f"frames input is {inputs[FRAMES].shape}, metadata says {frame_shape}"
+                self.path,
+                None,
+                f"frames input is {inputs[FRAMES].shape}, metadata says {frame_shape}",
             )
         self._shapes = {n: tuple(int(d) for d in inputs[f"{n}_in"].shape) for n in self.state_names}
         logits_shape = tuple(int(d) for d in outputs[LOGITS].shape)
@@ -262,9 +264,9 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise FormatError(path, 0, f"onnxruntime cannot load it ({exc})") from None
+        raise FormatError(path, None, f"onnxruntime cannot load it ({exc})") from None
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     if raw is None:
-        raise FormatError(path, 0, "no smastream metadata: not exported by smastream")
+        raise FormatError(path, None, "no smastream metadata: not exported by smastream")
     data: dict[str, Any] = json.loads(raw)
     return data

@@ -163,7 +163,7 @@ def check_engine_key(
             **{k: str(stored[k]) for k in ("onnx_sha256", "tensorrt", "gpu", "precision")}
         )
     except (KeyError, TypeError) as exc:
-        raise FormatError(path, 0, f"engine sidecar has no valid key ({exc})") from None
+        raise FormatError(path, None, f"engine sidecar has no valid key ({exc})") from None
     wrong = []
     if key.tensorrt != str(tensorrt):
         wrong.append(f"TensorRT {key.tensorrt} (this is {tensorrt})")
@@ -195,15 +195,15 @@ def read_sidecar(plan: str | Path) -> dict[str, Any]:
     except OSError:
         raise FormatError(
             plan,
-            0,
+            None,
             f"no sidecar {side.name}: build engines with `smastream export --backend tensorrt`",
         ) from None
     except ValueError as exc:
-        raise FormatError(side, 0, f"not JSON ({exc})") from None
+        raise FormatError(side, None, f"not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != ENGINE_FORMAT:
-        raise FormatError(side, 0, f"not a {ENGINE_FORMAT} sidecar")
+        raise FormatError(side, None, f"not a {ENGINE_FORMAT} sidecar")
     if data.get("version") != ENGINE_FORMAT_VERSION:
-        raise FormatError(side, 0, f"sidecar version {data.get('version')!r} not supported")
+        raise FormatError(side, None, f"sidecar version {data.get('version')!r} not supported")
     return data
 
 
@@ -357,7 +357,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(min(parser.num_errors, 3)))
-        raise FormatError(onnx_path, 0, f"TensorRT's ONNX parser rejected the graph: {errors}")
+        raise FormatError(onnx_path, None, f"TensorRT's ONNX parser rejected the graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if precision == "fp32":
@@ -462,12 +462,12 @@ class TrtRuntime:
         try:
             self.info: ModelInfo = model_info_from_metadata(meta, "tensorrt")
         except ValueError as exc:
-            raise FormatError(sidecar_path(self.path), 0, str(exc)) from None
+            raise FormatError(sidecar_path(self.path), None, str(exc)) from None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise FormatError(self.path, 0, "TensorRT could not deserialize the engine")
+            raise FormatError(self.path, None, "TensorRT could not deserialize the engine")
         self.context = self.engine.create_execution_context()
         self._setup(trt)
         self._graphs: list[Any] = []
@@ -496,11 +496,11 @@ class TrtRuntime:
         shapes: dict[str, tuple[int, ...]] = {}
         for n in names:
             if engine.get_tensor_dtype(n) != trt.float32:
-                raise FormatError(self.path, 0, f"engine tensor {n} is not float32")
+                raise FormatError(self.path, None, f"engine tensor {n} is not float32")
             shapes[n] = tuple(int(d) for d in engine.get_tensor_shape(n))
         s = self.info.steps_per_window
         if shapes[FRAMES] != (s, 1, *self.info.frame_shape):
-            raise FormatError(self.path, 0, f"frames are {shapes[FRAMES]}, metadata says S={s}")
+            raise FormatError(self.path, None, f"frames are {shapes[FRAMES]}, metadata says S={s}")
         dev = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(dev)
         self._frames = torch.zeros(shapes[FRAMES], device=dev)

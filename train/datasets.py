@@ -184,12 +184,12 @@ def check_label_span(recording: Recording, labels: Labels | None = None) -> None
         return
     first = _first_event_at_or_after(recording.events, None)
     if first is None:
-        raise FormatError(recording.events, 0, "no events, but the label file has windows")
+        raise FormatError(recording.events, None, "no events, but the label file has windows")
     early = min(labels.windows, key=lambda w: w.start_us)
     if early.start_us < first:
         raise FormatError(
             recording.events,
-            0,
+            None,
             f"label window {early.name!r} {early.start_us}..{early.end_us} us in "
             f"{recording.labels.name} starts before the first event (t = {first} us)",
         )
@@ -197,7 +197,7 @@ def check_label_span(recording: Recording, labels: Labels | None = None) -> None
     if _first_event_at_or_after(recording.events, late.end_us - 1) is None:
         raise FormatError(
             recording.events,
-            0,
+            None,
             f"label window {late.name!r} {late.start_us}..{late.end_us} us in "
             f"{recording.labels.name} ends after the last event (no event at or after "
             f"t = {late.end_us - 1} us)",
@@ -752,7 +752,7 @@ def _preprocess_stream(
                     f.write(win.frames.tobytes())
                     written += win.n_bins
             if first is None or last is None:
-                raise FormatError(rec.events, 0, "no events: nothing to train on")
+                raise FormatError(rec.events, None, "no events: nothing to train on")
             t0 = first // cfg.bin_us * cfg.bin_us
             n_bins = (last - t0) // cfg.bin_us + 1
             start = binner.next_window_start_us

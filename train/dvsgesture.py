@@ -250,7 +250,7 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> Path:
                             raise tarfile.TarError(f"unsafe member {member.name!r}")
                     tar.extractall(tmp)
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise FormatError(archive, 0, f"cannot extract: {exc}") from None
+            raise FormatError(archive, None, f"cannot extract: {exc}") from None
         for item in tmp.iterdir():
             target = dest / item.name
             if target.exists():
@@ -309,7 +309,7 @@ def prepare_dvsgesture(
     extract_archive(archive, root)
     data = root / DATA_DIR
     if not _is_data_dir(data):
-        raise FormatError(archive, 0, f"no {DATA_DIR}/trials_to_train.txt or user trials inside")
+        raise FormatError(archive, None, f"no {DATA_DIR}/trials_to_train.txt or user trials inside")
     return data
 
 
@@ -367,7 +367,7 @@ def dvsgesture_recordings(
     for path in paths:
         fmt = sniff_format(path)  # raises FormatError naming the file
         if fmt != "aedat3.1":
-            raise FormatError(path, 0, f"expected an AEDAT 3.1 trial, found {fmt}")
+            raise FormatError(path, None, f"expected an AEDAT 3.1 trial, found {fmt}")
         labels = labels_path_for(path)
         if not labels.is_file():
             raise SmastreamError(f"{labels}: label file missing for trial {path.name}")

@@ -145,7 +145,7 @@ def open_eval_model(
         except SmastreamError:
             raise
         except Exception as exc:
-            raise FormatError(p, 0, f"not a usable smastream ONNX model ({exc})") from exc
+            raise FormatError(p, None, f"not a usable smastream ONNX model ({exc})") from exc
         info = rt.info
         s = info.steps_per_window
         extra = info.extra.get("checkpoint_extra", {}) if isinstance(info.extra, dict) else {}

@@ -272,7 +272,7 @@ def sensor_of(rec: Recording) -> tuple[int, int]:
     with open_events(rec.events) as reader:
         size = reader.sensor_size
     if size is None:
-        raise FormatError(rec.events, 0, "the file does not say its sensor size")
+        raise FormatError(rec.events, None, "the file does not say its sensor size")
     return int(size[0]), int(size[1])
 
 
@@ -687,9 +687,11 @@ def load_initial_weights(model: SMASNN, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of a damaged or foreign file
-        raise FormatError(path, 0, f"not a torch state dict ({type(exc).__name__})") from None
+        raise FormatError(path, None, f"not a torch state dict ({type(exc).__name__})") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise FormatError(path, 0, "not a state dict of tensors (torch.save(model.state_dict()))")
+        raise FormatError(
+            path, None, "not a state dict of tensors (torch.save(model.state_dict()))"
+        )
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -750,7 +752,7 @@ def train(
         loaded, ckpt_extra = load_checkpoint(resume_path)
         saved = ckpt_extra.get("train_config")
         if not isinstance(saved, dict):
-            raise FormatError(resume_path, 0, "checkpoint has no training config to resume")
+            raise FormatError(resume_path, None, "checkpoint has no training config to resume")
         keep = {
             k: getattr(cfg, k)
             for k in (
@@ -781,7 +783,7 @@ def train(
     if loaded is not None:
         if loaded.config != model.config:
             raise FormatError(
-                resume_path or out, 0, "checkpoint network does not match the training config"
+                resume_path or out, None, "checkpoint network does not match the training config"
             )
         model.load_state_dict(loaded.state_dict())
     elif cfg.init is not None:
