@@ -430,3 +430,18 @@ def test_video_on_a_full_disk_is_an_error(
     rc, _, err = _run_cli(argv, capsys)
     _assert_clean_end(rc, err, video, "replay --video")
     assert rc == 1 and "does not open" in err
+
+
+def test_synth_never_renames_over_a_special_file(tmp_path: Path) -> None:
+    """synth writes a hidden temporary and renames it over the target; a FIFO (standing in
+    for a device such as /dev/full, which root would replace) is refused, left as it was."""
+    import os
+    import stat
+
+    from smastream.cli import main
+
+    fifo = tmp_path / "pipe.aedat4"
+    os.mkfifo(fifo)
+    assert main(["synth", str(fifo), "--seconds", "1"]) != 0
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert not [p for p in tmp_path.iterdir() if p != fifo]  # no temporary, no labels left

@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if not out.parent.is_dir():
         raise SmastreamError(f"{out.parent}: no such directory")
+    # the finished file is renamed over the target: never over a device, FIFO or folder
+    # (as root, a rename replaces /dev/null itself)
+    for target in (out, labels_path_for(out)):
+        if target.exists() and not target.is_file():
+            raise SmastreamError(f"{target}: exists and is not a regular file; give a file path")
     gen = SyntheticGestures(config)
     labels = gen.labels
     tmp = _temp_path(out)
