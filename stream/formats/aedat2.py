@@ -318,12 +318,7 @@ class Aedat2Reader(EventReader):
             self._offset, self._prev = offset, prev
             ev = self._after_seek(ev)
             if len(ev):
-                tt = ev["t"]
-                back = int(np.count_nonzero(tt[1:] < tt[:-1]))
-                if self._last_t is not None and tt[0] < self._last_t:
-                    back += 1
-                self.non_monotonic += back
-                self._last_t = int(tt[-1])
+                self._count_order(ev)
                 yield ev
         if self._tail:
             end = self._data_start + self._n_records * RECORD_DTYPE.itemsize
@@ -332,16 +327,6 @@ class Aedat2Reader(EventReader):
                 end,
                 f"truncated record: {self._tail} of {RECORD_DTYPE.itemsize} bytes at the end",
             )
-
-    def _after_seek(self, ev: Events) -> Events:
-        if self._seek_t is None or not len(ev):
-            return ev
-        hit = ev["t"] >= self._seek_t
-        first = int(np.argmax(hit))
-        if not hit[first]:
-            return ev[:0]
-        self._seek_t = None
-        return ev[first:]
 
     def seek(self, t_us: int) -> None:
         """Position at the first event with ``t >= t_us``.

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
+
 from smastream.errors import SmastreamError
 from smastream.stream.events import Events
 
@@ -63,6 +65,35 @@ class EventReader(abc.ABC):
     def other_streams(self) -> dict[str, int]:
         """Non-event content of the file (stream name -> packets or samples), for ``info``."""
         return {}
+
+    # Seek trimming and order counting of the readers that decode in numpy (one copy).
+    # A reader sets ``_seek_t`` in ``seek`` (and clears ``_last_t``); ``non_monotonic``
+    # counts events whose timestamp is below the previous event's (they are kept).
+    _seek_t: int | None = None
+    _last_t: int | None = None
+    non_monotonic: int = 0
+
+    def _after_seek(self, ev: Events) -> Events:
+        """Drop the events before a pending seek target; clear the target once reached."""
+        if self._seek_t is None or not len(ev):
+            return ev
+        hit = ev["t"] >= self._seek_t
+        first = int(np.argmax(hit))
+        if not hit[first]:
+            return ev[:0]
+        self._seek_t = None
+        return ev[first:]
+
+    def _count_order(self, ev: Events) -> None:
+        """Count timestamps that go back, within ``ev`` and from the previous packet."""
+        if not len(ev):
+            return
+        t = ev["t"]
+        back = int(np.count_nonzero(t[1:] < t[:-1]))
+        if self._last_t is not None and t[0] < self._last_t:
+            back += 1
+        self.non_monotonic += back
+        self._last_t = int(t[-1])
 
     def __enter__(self) -> EventReader:
         return self

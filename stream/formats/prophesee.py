@@ -377,20 +377,8 @@ class _PropheseeReader(EventReader):
                     len(ev) - np.count_nonzero(inside)
                 )
                 ev = ev[inside]
-        if self._seek_t is not None and len(ev):
-            first = int(np.argmax(ev["t"] >= self._seek_t))
-            if ev["t"][first] >= self._seek_t:
-                ev = ev[first:]
-                self._seek_t = None
-            else:
-                ev = ev[:0]
-        if len(ev):
-            t = ev["t"]
-            back = int(np.count_nonzero(t[1:] < t[:-1]))
-            if self._last_t is not None and t[0] < self._last_t:
-                back += 1
-            self.non_monotonic += back
-            self._last_t = int(t[-1])
+        ev = self._after_seek(ev)
+        self._count_order(ev)
         return ev
 
     def _chunks(self, ev: Events) -> Iterator[Events]:
