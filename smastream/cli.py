@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from smastream import __version__
 from smastream.errors import SmastreamError
@@ -81,6 +82,7 @@ class _Signals:
         self.done = False
         self.first_at = 0.0
         self.previous: dict[int, object] = {}
+        self.previous_hook: Any = sys.unraisablehook
 
     def handler(self, signum: int, frame: object) -> None:
         self.received += 1
@@ -93,9 +95,25 @@ class _Signals:
             os.write(2, b"smastream: cleanup did not finish; stopped without it\n")
             os._exit(130)
 
+    def unraisable(self, args: Any) -> None:
+        """A first signal's ``KeyboardInterrupt`` raised inside a callback (an import
+        lock's weakref callback, a ``__del__``) is only printed by Python ("Exception
+        ignored in ...", a traceback) and lost: raise the signal again, so that it lands
+        in ordinary code and ends the command as usual."""
+        if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+            if self.received and not self.done:
+                self.received -= 1
+                # not raise_signal: its handler would run here, inside the hook, and be
+                # lost the same way; a moment later it runs in the main thread's code
+                threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+            return
+        self.previous_hook(args)
+
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.previous[sig] = signal.signal(sig, self.handler)
+        self.previous_hook = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
 
     def ignore(self) -> None:
         """Ignore both signals from now on: the process is about to exit, and the
@@ -107,6 +125,8 @@ class _Signals:
     def restore(self) -> None:
         for sig, previous in self.previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
+        if self.previous:
+            sys.unraisablehook = self.previous_hook
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,35 @@ def test_unwritable_output_is_a_one_line_error(
     assert main(["synth", str(blocker / "sub" / "out.aedat4"), "--seconds", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("smastream synth: error:")
+
+
+def test_a_first_signal_lost_in_a_callback_is_raised_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A signal's KeyboardInterrupt that lands in a callback (an import lock's weakref
+    callback, a __del__) is only printed by Python, with a traceback, and lost; the CLI's
+    unraisable hook raises the signal again, so the command still ends as interrupted."""
+    import gc
+    import signal as signal_mod
+
+    from smastream.cli import _Signals
+
+    class RaisesOnDel:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt
+
+    signals = _Signals()
+    signals.install()
+    try:
+        signals.received = 1  # as the handler does for the first signal
+        with pytest.raises(KeyboardInterrupt):
+            obj = RaisesOnDel()
+            del obj
+            gc.collect()
+            for _ in range(1000):  # the re-raised signal lands in ordinary code
+                time.sleep(0.001)
+        assert signals.received == 1
+    finally:
+        signals.restore()
+    assert signal_mod.getsignal(signal_mod.SIGINT) is not signals.handler
+    assert "Traceback" not in capsys.readouterr().err
