@@ -55,6 +55,7 @@ from smastream.stream.formats.base import (
     EventReader,
     EventWriter,
     WriteError,
+    check_header_line,
 )
 
 __all__ = [
@@ -168,13 +169,7 @@ def read_aedat3_header(f: BinaryIO, path: str | Path) -> Aedat3Header:
         raw = f.readline(MAX_HEADER_BYTES)
         if not raw:
             raise FormatError(path, pos, "header ends before '#!END-HEADER' (truncated file?)")
-        if not raw.endswith(b"\n"):
-            cause = (
-                "header line longer than 1 MiB"
-                if len(raw) >= MAX_HEADER_BYTES
-                else "truncated header line (no line ending)"
-            )
-            raise FormatError(path, pos, cause)
+        check_header_line(path, pos, raw, MAX_HEADER_BYTES)
         if not pos and not raw.startswith(MAGIC):
             shown = raw[:16].decode("ascii", "backslashreplace")
             raise FormatError(path, 0, f"not an AEDAT 3.1 file (starts with {shown!r})")

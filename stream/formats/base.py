@@ -21,11 +21,22 @@ from types import TracebackType
 
 import numpy as np
 
-from smastream.errors import SmastreamError
+from smastream.errors import FormatError, SmastreamError
 from smastream.stream.events import Events
 
 DEFAULT_CHUNK_EVENTS = 1 << 18
 """Default upper bound on events per yielded packet (262,144 events, 3.4 MB)."""
+
+
+def check_header_line(path: str | Path, pos: int, raw: bytes, limit: int) -> None:
+    """A line of a text header (read with ``readline(limit)``) must end in a newline."""
+    if not raw.endswith(b"\n"):
+        cause = (
+            f"header line longer than {limit >> 20} MiB"
+            if len(raw) >= limit
+            else "truncated header line (no line ending)"
+        )
+        raise FormatError(path, pos, cause)
 
 
 class EventReader(abc.ABC):

@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from smastream.errors import DependencyError, FormatError
 from smastream.stream.events import EVENT_DTYPE, Events
-from smastream.stream.formats.base import DEFAULT_CHUNK_EVENTS, EventReader
+from smastream.stream.formats.base import DEFAULT_CHUNK_EVENTS, EventReader, check_header_line
 
 __all__ = [
     "BLOCK_BYTES",
@@ -166,13 +166,7 @@ def read_prophesee_header(f: BinaryIO, path: str | Path) -> PropheseeHeader:
                 raise FormatError(path, 0, "not a Prophesee file (no '%' header)")
             break
         raw = peek + f.readline(MAX_HEADER_BYTES)
-        if not raw.endswith(b"\n"):
-            cause = (
-                "header line longer than 1 MiB"
-                if len(raw) >= MAX_HEADER_BYTES
-                else "truncated header line (no line ending)"
-            )
-            raise FormatError(path, pos, cause)
+        check_header_line(path, pos, raw, MAX_HEADER_BYTES)
         text = raw[1:].rstrip(b"\r\n").decode("utf-8", "replace").strip()
         pos += len(raw)
         if pos > MAX_HEADER_BYTES:
