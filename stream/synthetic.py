@@ -1,10 +1,14 @@
 """Seeded synthetic recordings of the 11 DVS128 Gesture classes, from a DVS sensor model.
 
-A person (head, neck, torso, shoulders, legs, upper arms, forearms, hands; every part a thick
-anti-aliased capsule with cylinder shading) is rendered as an intensity image over a textured
-background, at ``render_hz`` frames per second. The arms follow a seeded gesture schedule:
-shuffled rounds of all 11 classes, each gesture 2-6 s with a random speed, amplitude and
-phase, separated by idle gaps in which the person stands still.
+A person (head, neck, torso, shoulders, legs, upper arms, forearms, palms, fingers and
+thumbs; every part a thick anti-aliased capsule with cylinder shading, clothes plain, striped
+or printed) is rendered as an intensity image over a textured background, at ``render_hz``
+frames per second, at a scale of 0.6-1.4x of a mid framing. The arms follow a seeded gesture
+schedule: shuffled rounds of all 11 classes, each gesture with a random speed, amplitude and
+phase; between them, still gaps and no-gesture scenes (:data:`SCENES`: walking, sitting
+down, a second person passing behind, an object moved by hand, camera pan and shake, lamp
+flicker, an empty scene, ...). The camera's own motion shifts the whole image (background
+included); lamp flicker multiplies the illumination.
 
 Events come from a pixel model, never from drawn dots. Per pixel:
 
@@ -24,8 +28,9 @@ Conventions: the person faces the camera, so the subject's right arm is on the l
 image (small x). Clockwise / counter-clockwise are as seen in the image (x right, y down).
 Pixel centres are at integer coordinates; y = 0 is the top row.
 
-Only the tiles (8x8 pixels) near a moving body part are re-rendered each frame (numba), so
-idle gaps cost almost nothing and a moving arm costs a few thousand pixels per frame.
+Only the tiles (4x4 pixels) near a moving body part are re-rendered each frame (numba), so
+idle gaps cost almost nothing and a moving arm costs a few thousand pixels per frame; a
+camera motion re-renders every tile, a flicker re-checks every pixel.
 
 Everything random comes from ``SynthConfig.seed`` through independent streams (schedule,
 person, sensor, noise), so a recording is a pure function of its config: the same seed gives
@@ -173,13 +178,27 @@ FOREARM = 0.18
 REACH = UPPER_ARM + FOREARM
 REST_SPREAD = 0.12  # rad between a hanging arm and vertical
 
-# Primitive order is the painting order (later parts are drawn over earlier ones).
+# Parts of the subject (0..15, indices kept stable), then of a second person who passes
+# behind (16..21) and a hand-held object (22). :data:`_PAINT` is the painting order (later
+# parts are drawn over earlier ones): the second person first, the object last.
 _PART_NAMES = (
     "leg_r", "leg_l", "torso", "shoulders", "neck", "head",
     "upper_r", "fore_r", "hand_r", "upper_l", "fore_l", "hand_l",
+    "fingers_r", "thumb_r", "fingers_l", "thumb_l",
+    "p2_leg_r", "p2_leg_l", "p2_torso", "p2_head", "p2_arm_r", "p2_arm_l",
+    "object",
 )  # fmt: skip
 N_PARTS = len(_PART_NAMES)
-_RADII = np.array([0.07, 0.07, 0.14, 0.06, 0.045, 0.085, 0.045, 0.038, 0.045, 0.045, 0.038, 0.045])
+N_BODY = 16
+_P2 = slice(16, 22)
+_OBJECT = 22
+_RADII = np.array(
+    [0.07, 0.07, 0.14, 0.06, 0.045, 0.085, 0.045, 0.038, 0.042, 0.045, 0.038, 0.042,
+     0.022, 0.014, 0.022, 0.014]
+)  # fmt: skip
+_PAINT = np.array([*range(16, 22), *range(N_BODY), _OBJECT])
+_OFF = -1.0e4
+"""Coordinate of a part that is not in the scene (far outside any sensor, radius 0)."""
 
 # Base frequency (Hz) of each class's main motion.
 _BASE_HZ = (2.0, 2.2, 2.2, 0.9, 0.9, 0.9, 0.9, 1.6, 2.5, 3.0, 0.6)
@@ -209,19 +228,26 @@ class _Gesture:
 
 SCENES = (
     "sway", "walk", "sit_stand", "head_turn", "scratch", "reach_object", "shake", "leave_empty",
+    "pass_behind", "pan", "flicker",
 )  # fmt: skip
 """No-gesture scenes mixed between the gestures (``idle`` is the still gap itself):
 swaying; walking sideways and back; sitting down and standing up (the body drops and
-rises); turning the head; scratching the head or face with one hand; reaching down to one
-side and moving a hand-held object to the other (the object is not drawn); a shake of the
-whole person (camera shake, the background stays); walking out of the frame, an empty
-scene with only sensor noise, and back."""
+rises); turning the head; scratching the head or face with one hand; picking up an object
+(a mug, a phone or a box, drawn) low at one side and moving it across to the other;
+camera shake (the whole image shakes, background included); walking out of the frame, an
+empty scene with only sensor noise, and back; a second, farther person walking across
+behind the subject; a camera pan there and back; lamp flicker at 100 or 120 Hz (the
+subject stands still)."""
 
 
-_SCENE_W = np.array([1.0 if name != "leave_empty" else 0.3 for name in SCENES])
+_SCENE_W = np.array(
+    [0.3 if name in ("leave_empty", "pan") else 0.6 if name == "flicker" else 1.0
+     for name in SCENES]
+)  # fmt: skip
 _SCENE_P = _SCENE_W / _SCENE_W.sum()
-"""Scene probabilities: leaving the frame sweeps every pixel, so it is drawn less often
-(still stretches, to an event camera, are already scenes with only sensor noise)."""
+"""Scene probabilities: leaving the frame and a pan sweep every pixel, so they are drawn
+less often (still stretches, to an event camera, are already scenes with only sensor
+noise); flicker costs a full-frame render per frame."""
 
 
 @dataclass(frozen=True)
@@ -283,13 +309,29 @@ def _scene_targets(
         b = np.array([-side * (0.05 + 0.1 * e[2]), 0.25 + 0.1 * e[3]])
         tgt = a[None, :] * (1 - z[:, None]) + b[None, :] * z[:, None]
         return (tgt, None, off, head) if side < 0 else (None, tgt, off, head)
-    if name == "shake":
-        f1, f2 = 5.0 + 6.0 * e[1], 4.0 + 5.0 * e[2]
-        amp = 0.006 + 0.012 * e[3]
-        off[:, 0] = amp * np.sin(tau * f1 * s + tau * e[4])
-        off[:, 1] = amp * np.sin(tau * f2 * s + tau * e[5])
+    if name in ("shake", "pan", "pass_behind", "flicker"):  # the subject stands still
         return None, None, off, head
     raise ValueError(f"unknown scene {name!r}")
+
+
+def _camera_shift(name: str, s: FloatArray, dur: float, e: FloatArray) -> FloatArray:
+    """Image shift ``[n, 2]`` (in units of the sensor's smaller side) that the camera's own
+    motion gives everything in view during a scene, background included."""
+    n = s.shape[0]
+    out = np.zeros((n, 2))
+    tau = 2.0 * math.pi
+    if name == "shake":
+        f1, f2 = 5.0 + 6.0 * e[1], 4.0 + 5.0 * e[2]
+        amp = 0.006 + 0.014 * e[3]
+        env = _smoothstep(s / min(0.3, dur / 4)) * _smoothstep((dur - s) / min(0.3, dur / 4))
+        out[:, 0] = env * amp * np.sin(tau * f1 * s + tau * e[4])
+        out[:, 1] = env * amp * np.sin(tau * f2 * s + tau * e[5])
+    elif name == "pan":
+        side = -1.0 if e[0] < 0.5 else 1.0
+        go = _smoothstep(s / (dur * 0.4)) * _smoothstep((dur - s) / (dur * 0.4))
+        out[:, 0] = side * (0.08 + 0.14 * e[1]) * go
+        out[:, 1] = (e[2] - 0.5) * 0.06 * go
+    return out
 
 
 def _smoothstep(z: FloatArray) -> FloatArray:
@@ -417,7 +459,7 @@ def _body_capsules(
 ) -> FloatArray:
     """Capsules ``[n, N_PARTS, 5]`` (x0, y0, x1, y1, radius) in body units."""
     n = neck.shape[0]
-    caps = np.empty((n, N_PARTS, 5))
+    caps = np.empty((n, N_BODY, 5))
     caps[:, :, 4] = _RADII
 
     def seg(k: int, a: FloatArray, b: FloatArray) -> None:
@@ -442,7 +484,19 @@ def _body_capsules(
         seg(k0, sh, elbow)
         seg(k0 + 1, elbow, hand)
         direction = (hand - elbow) / FOREARM
-        seg(k0 + 2, hand, hand + 0.035 * direction)
+        seg(k0 + 2, hand, hand + 0.03 * direction)  # palm
+        kf = 12 if k0 == 6 else 14
+        seg(kf, hand + 0.045 * direction, hand + 0.085 * direction)  # fingers, side by side
+        # Thumb: off the palm towards the body's midline (+x for the right hand).
+        c, sn = math.cos(0.9), math.sin(0.9) * (1.0 if k0 == 6 else -1.0)
+        thumb = np.stack(
+            [
+                c * direction[:, 0] - sn * direction[:, 1],
+                sn * direction[:, 0] + c * direction[:, 1],
+            ],
+            -1,
+        )
+        seg(kf + 1, hand + 0.02 * thumb, hand + 0.055 * thumb)
     return caps
 
 
@@ -466,11 +520,41 @@ def _intensity(
     tex: np.ndarray,
     which: np.ndarray,
     n_which: int,
+    sx: float,
+    sy: float,
+    margin: int,
 ) -> float:
     """Scene intensity at pixel centre (x, y): background, then the capsules
-    ``which[:n_which]`` (indices into ``caps``, ascending = painting order)."""
-    val = float(bg[y, x])
-    t = float(tex[y, x])
+    ``which[:n_which]`` (indices into ``caps``, ascending = painting order).
+
+    ``bg`` and ``tex`` have ``margin`` extra pixels on every side; the camera's image shift
+    ``(sx, sy)`` moves them under the sensor (bilinear; the capsules come shifted)."""
+    bx = min(max(x - sx + margin, 0.0), bg.shape[1] - 1.001)
+    by = min(max(y - sy + margin, 0.0), bg.shape[0] - 1.001)
+    ix = int(bx)
+    iy = int(by)
+    fx = bx - ix
+    fy = by - iy
+    if fx == 0.0 and fy == 0.0:
+        val = float(bg[iy, ix])
+        t = float(tex[iy, ix])
+    else:
+        w00 = (1.0 - fx) * (1.0 - fy)
+        w01 = fx * (1.0 - fy)
+        w10 = (1.0 - fx) * fy
+        w11 = fx * fy
+        val = (
+            w00 * bg[iy, ix]
+            + w01 * bg[iy, ix + 1]
+            + w10 * bg[iy + 1, ix]
+            + w11 * bg[iy + 1, ix + 1]
+        )
+        t = (
+            w00 * tex[iy, ix]
+            + w01 * tex[iy, ix + 1]
+            + w10 * tex[iy + 1, ix]
+            + w11 * tex[iy + 1, ix + 1]
+        )
     px = float(x)
     py = float(y)
     for i in range(n_which):
@@ -506,14 +590,23 @@ def _intensity(
 
 @numba.njit(cache=True, nogil=True)
 def _render(
-    caps: np.ndarray, albedo: np.ndarray, bg: np.ndarray, tex: np.ndarray, out: np.ndarray
+    caps: np.ndarray,
+    albedo: np.ndarray,
+    bg: np.ndarray,
+    tex: np.ndarray,
+    out: np.ndarray,
+    sx: float,
+    sy: float,
+    margin: int,
 ) -> None:
     """Intensity of the whole sensor into ``out`` [H, W]."""
     h, w = out.shape
     which = np.arange(caps.shape[0])
     for y in range(h):
         for x in range(w):
-            out[y, x] = _intensity(x, y, caps, albedo, bg, tex, which, caps.shape[0])
+            out[y, x] = _intensity(
+                x, y, caps, albedo, bg, tex, which, caps.shape[0], sx, sy, margin
+            )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -584,13 +677,19 @@ def _simulate_frames(
     seed: int,
     threshold_noise: float,
     burst_prob: float,
+    shift: np.ndarray,
+    log_gain: np.ndarray,
+    margin: int,
 ) -> tuple[int, int, int]:
     """Advance the pixel model over frames ``f_start..`` of a block (see the module doc).
 
-    ``caps[f]`` is the scene at ``frame_t[f]``. Each frame re-renders the tiles near a
-    capsule that moved (``moved``) and re-checks the tiles left with a pixel whose event was
-    held back by the refractory period (``pending``). Stops early, before a frame whose
-    worst case might not fit in the output buffers. State arrays are updated in place.
+    ``caps[f]`` is the scene at ``frame_t[f]``, ``shift[f]`` the camera's image shift and
+    ``log_gain[f]`` the log of the illumination (lamp flicker). Each frame re-renders the
+    tiles near a capsule that moved (``moved``; every tile when the camera moved) and
+    re-checks the tiles left with a pixel whose event was held back by the refractory
+    period (``pending``; every tile when the illumination changed). Stops early, before a
+    frame whose worst case might not fit in the output buffers. State arrays are updated
+    in place; ``inten`` holds the scene without the illumination gain, ``log_i`` with it.
 
     Returns:
         ``(n_events, next_frame, next_noise_index)``.
@@ -607,8 +706,11 @@ def _simulate_frames(
         ta = frame_t[f]
         tb = frame_t[f + 1]
         span = tb - ta
-        moved[:, :] = False
-        for k in range(caps.shape[1]):
+        cam = shift[f, 0] != shift[f + 1, 0] or shift[f, 1] != shift[f + 1, 1]
+        flick = log_gain[f] != log_gain[f + 1]
+        g1 = log_gain[f + 1]
+        moved[:, :] = cam
+        for k in range(caps.shape[1] if not cam else 0):
             changed = False
             for j in range(5):
                 if caps[f, k, j] != caps[f + 1, k, j]:
@@ -628,7 +730,7 @@ def _simulate_frames(
         n_tiles = 0
         for ty in range(th):
             for tx in range(tw):
-                if moved[ty, tx] or pending[ty, tx]:
+                if moved[ty, tx] or pending[ty, tx] or flick:
                     n_tiles += 1
         j_end = noise_i
         while j_end < n_noise and noise_t[j_end] < tb:
@@ -657,7 +759,7 @@ def _simulate_frames(
         for ty in range(th):
             for tx in range(tw):
                 render = moved[ty, tx]
-                if not (render or pending[ty, tx]):
+                if not (render or flick or pending[ty, tx]):
                     continue
                 n_which = 0
                 if render:  # the capsules that can touch this tile, in painting order
@@ -683,11 +785,13 @@ def _simulate_frames(
                         l0 = log_i[y, x]
                         l1 = l0
                         if render:
-                            i1 = _intensity(x, y, scene, albedo, bg, tex, which, n_which)
-                            if i1 != inten[y, x]:
-                                inten[y, x] = i1
-                                l1 = math.log(i1)
-                                log_i[y, x] = l1
+                            inten[y, x] = _intensity(
+                                x, y, scene, albedo, bg, tex, which, n_which,
+                                shift[f + 1, 0], shift[f + 1, 1], margin,
+                            )  # fmt: skip
+                        if render or flick:
+                            l1 = math.log(inten[y, x]) + g1
+                            log_i[y, x] = l1
                         r = ref[y, x]
                         # Temporal threshold noise, drawn per pixel and frame.
                         jit = math.exp(
@@ -849,13 +953,11 @@ class SyntheticGestures:
                         sd = max(sd, 2_500_000 if name == "walk" else 4_000_000)
                     still = round(rng_scene.uniform(0.2, 0.4) * 1e6 / step) * step
                     extra = rng_scene.uniform(size=8)
-                    if t + sd + still + dur > total:
-                        self._segments = self._close(segments, t, total)
-                        return out
-                    self._scenes.append(_Scene(SceneSegment(t, t + sd, name), extra))
-                    segments.append(SceneSegment(t, t + sd, name))
-                    segments.append(SceneSegment(t + sd, t + sd + still, "idle"))
-                    t += sd + still
+                    if t + sd + still + dur <= total:  # else the gesture alone, if it fits
+                        self._scenes.append(_Scene(SceneSegment(t, t + sd, name), extra))
+                        segments.append(SceneSegment(t, t + sd, name))
+                        segments.append(SceneSegment(t + sd, t + sd + still, "idle"))
+                        t += sd + still
                 if t + dur > total:
                     self._segments = self._close(segments, t, total)
                     return out
@@ -883,11 +985,17 @@ class SyntheticGestures:
         t0 = int(self.config.t0_us)
         return [SceneSegment(a.start_us + t0, a.end_us + t0, a.name) for a in self._segments]
 
+    @property
+    def margin_px(self) -> int:
+        """Extra background on every side, for the camera's pans and shakes."""
+        return math.ceil(0.25 * min(self.config.sensor_size)) + 2
+
     def _draw_person(self) -> _Person:
         w, h = self.config.sensor_size
         rng = np.random.default_rng(self._seed_person)
-        unit = min(h, 1.3 * w) * rng.uniform(0.64, 0.82)
-        neck_x = w / 2 + rng.uniform(-0.07, 0.07) * min(w, h)
+        # Scale 0.6-1.4x of a mid framing (log-uniform): upper body fills most of the frame.
+        unit = min(h, 1.3 * w) * 0.73 * math.exp(rng.uniform(math.log(0.6), math.log(1.4)))
+        neck_x = w / 2 + rng.uniform(-0.09, 0.09) * min(w, h)
         neck_y = h * rng.uniform(0.03, 0.09) + 0.34 * unit
         bright = rng.random() < 0.6
         if bright:
@@ -898,14 +1006,24 @@ class SyntheticGestures:
             skin = rng.uniform(0.3, 0.45)
             shirt = skin * rng.uniform(0.4, 0.6)
             legs = rng.uniform(0.1, 0.2)
+        # The second person (farther, behind) and the object: their own clothes and colour.
+        other_shirt = rng.uniform(0.1, 1.0)
+        other_skin = rng.uniform(0.3, 1.0)
+        other_legs = rng.uniform(0.1, 0.6)
+        thing = rng.uniform(0.1, 1.0)
         albedo = np.array(
-            [legs, legs, shirt, shirt, skin, skin, shirt, skin, skin, shirt, skin, skin]
-        )
+            [legs, legs, shirt, shirt, skin, skin, shirt, skin, skin, shirt, skin, skin,
+             skin, skin, skin, skin,
+             other_legs, other_legs, other_shirt, other_skin, other_shirt, other_shirt,
+             thing]
+        )  # fmt: skip
         self._background = rng.uniform(0.12, 0.25) if bright else rng.uniform(0.65, 0.9)
-        self._bg_field = 0.8 * _smooth_field(rng, (w, h), max(6.0, min(w, h) / 5)) + 0.4 * (
-            _smooth_field(rng, (w, h), max(3.0, min(w, h) / 16))
+        m = self.margin_px
+        big = (w + 2 * m, h + 2 * m)
+        self._bg_field = 0.8 * _smooth_field(rng, big, max(6.0, min(w, h) / 5)) + 0.4 * (
+            _smooth_field(rng, big, max(3.0, min(w, h) / 16))
         )
-        self._tex_field = _smooth_field(rng, (w, h), max(3.0, min(w, h) / 25))
+        self._tex_field = _smooth_field(rng, big, max(3.0, min(w, h) / 25))
         # Lower, varied limb/background contrast: pull every part's log albedo towards the
         # background's (real people at DVS Gesture distance give sparse, ragged edges).
         log_ratio = np.log(albedo / self._background)
@@ -915,10 +1033,10 @@ class SyntheticGestures:
         cloth = int(rng.integers(3))
         if cloth == 1:
             period = rng.uniform(3.0, 7.0) * max(1.0, min(w, h) / 128)
-            yy = np.arange(h, dtype=np.float64)[:, None] + 0.3 * np.arange(w)[None, :]
+            yy = np.arange(big[1], dtype=np.float64)[:, None] + 0.3 * np.arange(big[0])[None, :]
             self._tex_field = self._tex_field + 0.6 * np.sign(np.sin(2 * math.pi * yy / period))
         elif cloth == 2:
-            self._tex_field = self._tex_field + 0.6 * _smooth_field(rng, (w, h), 1.5)
+            self._tex_field = self._tex_field + 0.6 * _smooth_field(rng, big, 1.5)
         return _Person(neck_x, neck_y, unit, albedo)
 
     @property
@@ -934,8 +1052,10 @@ class SyntheticGestures:
         """The scene at recording times ``t_us`` (relative to the start, without ``t0_us``).
 
         Returns:
-            ``[n, 12, 5]`` capsules in pixels: ``x0, y0, x1, y1, radius`` of leg_r, leg_l,
-            torso, shoulders, neck, head, upper_r, fore_r, hand_r, upper_l, fore_l, hand_l.
+            ``[n, N_PARTS, 5]`` capsules in pixels, camera shift included: ``x0, y0, x1, y1,
+            radius`` of the parts named in ``_PART_NAMES`` (leg_r, leg_l, torso, shoulders,
+            neck, head, upper_r, fore_r, hand_r, upper_l, fore_l, hand_l, fingers and thumbs,
+            the second person, the object); a part out of the scene is at ``_OFF``, radius 0.
         """
         t = np.atleast_1d(np.asarray(t_us, dtype=np.int64))
         n = t.shape[0]
@@ -983,24 +1103,125 @@ class SyntheticGestures:
                 off if sc.segment.name in ("walk", "leave_empty", "sit_stand") else (env * off)
             )
             head_dx[m] = env[:, 0] * head
-        caps = _body_capsules(offset, hand_r, hand_l, bend_r, bend_l)
-        caps[:, 5, 0] += head_dx
-        caps[:, 5, 2] += head_dx
+        body = _body_capsules(offset, hand_r, hand_l, bend_r, bend_l)
+        body[:, 5, 0] += head_dx
+        body[:, 5, 2] += head_dx
         p = self._person
-        caps *= p.unit_px
-        caps[:, :, 0] += p.neck_x
-        caps[:, :, 2] += p.neck_x
-        caps[:, :, 1] += p.neck_y
-        caps[:, :, 3] += p.neck_y
+        body *= p.unit_px
+        body[:, :, 0] += p.neck_x
+        body[:, :, 2] += p.neck_x
+        body[:, :, 1] += p.neck_y
+        body[:, :, 3] += p.neck_y
+        caps = np.zeros((n, N_PARTS, 5))
+        caps[:, :, 0:4] = _OFF
+        caps[:, :N_BODY] = body
+        for sc in self._scenes:
+            a, b = sc.segment.start_us, sc.segment.end_us
+            m = (t >= a) & (t < b)
+            if sc.segment.name not in ("pass_behind", "reach_object") or not m.any():
+                continue
+            s = (t[m] - a) / 1e6
+            dur = (b - a) / 1e6
+            if sc.segment.name == "pass_behind":
+                caps[m, _P2] = self._passer(s, dur, sc.extra)
+            else:  # the object sits in the moving hand, grown in and out with the reach
+                ramp = min(0.4, dur / 4)
+                env = _smoothstep(s / ramp) * _smoothstep((dur - s) / ramp)
+                k = 8 if sc.extra[0] < 0.5 else 11
+                hand = caps[m, k, 0:2]
+                d = caps[m, k, 2:4] - hand
+                d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+                kind = int(sc.extra[5] * 3)  # mug, phone, box
+                length, radius = ((0.05, 0.045), (0.09, 0.02), (0.06, 0.065))[min(kind, 2)]
+                along = np.array([[0.0, -1.0]]) if kind != 1 else d  # a mug stands upright
+                centre = hand + 0.05 * p.unit_px * d
+                half = 0.5 * length * p.unit_px * along
+                caps[m, _OBJECT, 0:2] = centre - half
+                caps[m, _OBJECT, 2:4] = centre + half
+                caps[m, _OBJECT, 4] = radius * p.unit_px * np.minimum(1.0, 1.5 * env)
+        shift = self._shift_px(t)
+        on = caps[:, :, 0] > _OFF / 2
+        for j in (0, 2):
+            caps[:, :, j] += np.where(on, shift[:, 0:1], 0.0)
+            caps[:, :, j + 1] += np.where(on, shift[:, 1:2], 0.0)
         return caps
+
+    def _passer(self, s: FloatArray, dur: float, e: FloatArray) -> FloatArray:
+        """Capsules ``[n, 6, 5]`` (pixels) of the second person walking across behind."""
+        w, _ = self.config.sensor_size
+        p = self._person
+        u = p.unit_px * (0.4 + 0.25 * e[1])
+        go = s / dur
+        if e[0] < 0.5:
+            go = 1.0 - go
+        x = -0.3 * w + 1.6 * w * go
+        y = p.neck_y - 0.1 * p.unit_px + (e[2] - 0.5) * 0.15 * p.unit_px
+        gait = 2.0 * math.pi * (1.6 + 0.5 * e[3]) * s
+        swing = 0.35 * np.sin(gait)
+        out = np.empty((s.shape[0], 6, 5))
+
+        def seg(
+            k: int, ax: FloatArray, ay: FloatArray, bx: FloatArray, by: FloatArray, r: float
+        ) -> None:
+            out[:, k, 0] = x + u * ax
+            out[:, k, 1] = y + u * ay
+            out[:, k, 2] = x + u * bx
+            out[:, k, 3] = y + u * by
+            out[:, k, 4] = r * u
+
+        zero = np.zeros_like(s)
+        for k, sx, sg in ((0, -0.07, swing), (1, 0.07, -swing)):
+            seg(k, zero + sx, zero + 0.45, sx + 0.55 * np.sin(sg), 0.45 + 0.55 * np.cos(sg), 0.07)
+        seg(2, zero, zero + 0.12, zero, zero + 0.38, 0.14)
+        seg(3, zero, zero - 0.15 + 0.01 * np.abs(np.sin(gait)), zero, zero - 0.11, 0.085)
+        for k, sx, sg in ((4, -0.17, -0.8 * swing), (5, 0.17, 0.8 * swing)):
+            seg(k, zero + sx, zero + 0.03, sx + 0.37 * np.sin(sg), 0.03 + 0.37 * np.cos(sg), 0.045)
+        return out
+
+    def _shift_px(self, t: npt.NDArray[np.int64]) -> FloatArray:
+        """The camera's image shift ``[n, 2]`` in pixels at recording times ``t``."""
+        out = np.zeros((t.shape[0], 2))
+        side = min(self.config.sensor_size)
+        for sc in self._scenes:
+            if sc.segment.name not in ("shake", "pan"):
+                continue
+            a, b = sc.segment.start_us, sc.segment.end_us
+            m = (t >= a) & (t < b)
+            if m.any():
+                out[m] = side * _camera_shift(
+                    sc.segment.name, (t[m] - a) / 1e6, (b - a) / 1e6, sc.extra
+                )
+        return out
+
+    def _log_gain(self, t: npt.NDArray[np.int64]) -> FloatArray:
+        """Log illumination ``[n]`` at recording times ``t``: 0, or lamp flicker."""
+        out = np.zeros(t.shape[0])
+        for sc in self._scenes:
+            if sc.segment.name != "flicker":
+                continue
+            a, b = sc.segment.start_us, sc.segment.end_us
+            m = (t >= a) & (t < b)
+            if m.any():
+                s = (t[m] - a) / 1e6
+                dur = (b - a) / 1e6
+                env = _smoothstep(s / min(0.3, dur / 4)) * _smoothstep(
+                    (dur - s) / min(0.3, dur / 4)
+                )
+                depth = 0.03 + 0.1 * sc.extra[1]
+                hz = 100.0 if sc.extra[2] < 0.5 else 120.0
+                out[m] = np.log1p(env * depth * np.cos(2.0 * math.pi * hz * (t[m] / 1e6)))
+        return out
 
     def render(self, t_us: int) -> npt.NDArray[np.float32]:
         """The scene intensity image ``[H, W]`` at recording time ``t_us`` (for inspection)."""
         w, h = self.config.sensor_size
         out = np.empty((h, w), dtype=np.float64)
         bg, tex = self._textures()
-        _render(self.capsules_at([t_us])[0], self._person.albedo, bg, tex, out)
-        return out.astype(np.float32)
+        t = np.array([t_us], dtype=np.int64)
+        sx, sy = self._shift_px(t)[0]
+        caps = self.capsules_at(t)[0][_PAINT]
+        _render(caps, self._person.albedo[_PAINT], bg, tex, out, sx, sy, self.margin_px)
+        return (out * np.exp(self._log_gain(t)[0])).astype(np.float32)
 
     def _textures(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         bg = np.clip(self._background * (1.0 + 0.25 * self._bg_field), 0.03, None)
@@ -1053,8 +1274,9 @@ class SyntheticGestures:
         n_frames = -(-total // dt)
         frame_t = np.minimum(np.arange(n_frames + 1, dtype=np.int64) * dt, total)
         p = self._person
-        albedo = p.albedo.astype(np.float64)
+        albedo = p.albedo[_PAINT].astype(np.float64)
         bg, tex = self._textures()
+        margin = self.margin_px
 
         rng_sensor = np.random.default_rng(self._seed_sensor)
         sigma = cfg.threshold_sigma
@@ -1074,8 +1296,10 @@ class SyntheticGestures:
         rng_noise = np.random.default_rng(self._seed_noise)
 
         inten = np.empty((h, w), dtype=np.float64)
-        _render(self.capsules_at([0])[0], albedo, bg, tex, inten)
-        log_i = np.log(inten)
+        t_first = np.zeros(1, dtype=np.int64)
+        sx, sy = self._shift_px(t_first)[0]
+        _render(self.capsules_at(t_first)[0][_PAINT], albedo, bg, tex, inten, sx, sy, margin)
+        log_i = np.log(inten) + self._log_gain(t_first)[0]
         ref = log_i.copy()
         last_t = np.full((h, w), _NEVER, dtype=np.int64)
         moved = np.zeros((-(-h // TILE), -(-w // TILE)), dtype=np.bool_)
@@ -1092,7 +1316,9 @@ class SyntheticGestures:
 
         for b0 in range(0, n_frames, self.BLOCK_FRAMES):
             ft = frame_t[b0 : b0 + self.BLOCK_FRAMES + 1]
-            caps = self.capsules_at(ft)
+            caps = np.ascontiguousarray(self.capsules_at(ft)[:, _PAINT])
+            shift = self._shift_px(ft)
+            log_gain = self._log_gain(ft)
             nt, nx, ny, np_ = self._noise(rng_noise, int(ft[0]), int(ft[-1]), hot_idx, hot_hz)
             pieces = []
             f, ni = 0, 0
@@ -1127,6 +1353,9 @@ class SyntheticGestures:
                     sensor_seed,
                     float(cfg.threshold_noise),
                     float(cfg.burst_prob),
+                    shift,
+                    log_gain,
+                    margin,
                 )
                 if f_next == f and n == 0:  # one frame needs more room than we have
                     capacity *= 4
