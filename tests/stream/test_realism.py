@@ -6,11 +6,23 @@ the first training seed 1000) must fall inside the **union of the three real set
 recording mixes DVS-Gesture-distance gestures (closer than the people set, farther than the
 hand set) with whole-body no-gesture scenes: no single real set matches its scene type.
 
-Known gaps, held as strict xfails so a fix shows up: the share of pixels active in 50 ms is
-below the real medians (our idle stretches are perfectly still), and a high-contrast
-recording with whole-frame sweeps (seed 8: walking out of the frame on a bright textured
-background) exceeds the peak rate, background activity and neighbour share, and seed
-1000's 1 % most active pixels (hot pixels) hold 24 % of its events (real: <= 23 %).
+Known gaps, held as strict xfails (or, for the active-pixel share, a test of the gap) so a
+fix shows up (values of the generator of commit 53dea01: people with fingers, second person,
+held objects, camera pan/shake, lamp flicker):
+
+- the share of pixels active in 50 ms is 2-4x below the real medians (seed 7: 0.0069,
+  seed 1000: 0.0076; real >= 0.017);
+- the 1 % most active pixels hold 25 % of seed 7's events and 26 % of seed 1000's (real:
+  <= 23 %; which pixels they are was not measured); seed 7 was inside (0.219) with the
+  generator before the people got fingers, objects and camera motion;
+- a high-contrast recording with whole-frame sweeps (seed 8: walking out of the frame on a
+  bright textured background) exceeds the peak rate (234 kev/s vs <= 120) and the neighbour
+  share (0.497 vs <= 0.48); its background activity (0.023) is now inside.
+
+The recordings are 40 s, as in ``benchmarks/realism.py`` and ``docs/realism.md``: shorter
+ones hold one or two scenes and their statistics swing with the scene (seed 7 over 20 s:
+1 % share 0.32; over 10 s: peak 13.9 kev/s, below the real band), so they would test the
+schedule, not the sensor.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ def _stats(seed: int) -> dict[str, float]:
     return realism_stats(events, (128, 128))
 
 
-_KNOWN_OUT = {(1000, "top1pct_share")}  # 0.24 vs <= 0.23: hot pixels in a sparse recording
+# share of the 1 % most active pixels vs <= 0.23: seed 7 0.250, seed 1000 0.259
+_KNOWN_OUT = {(7, "top1pct_share"), (1000, "top1pct_share")}
 
 
 @pytest.fixture(scope="module", params=[7, 1000])
