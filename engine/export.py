@@ -50,7 +50,8 @@ from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
 from smastream import __version__
-from smastream.gestures import CLASS_NAMES
+from smastream.errors import SmastreamError
+from smastream.gestures import CLASS_NAMES, STREAM_CLASS_NAMES
 
 from .model import SMASNN, SMASNNConfig, config_to_dict
 from .runtime import FRAMES, LOGITS, state_input_name, state_output_name
@@ -697,6 +698,73 @@ def export_onnx(
         onnx.save(proto, str(staged))
         os.replace(staged, path)
     return {**meta, "ops": op_counts(proto)}
+
+
+# -- a training checkpoint to a shippable model ------------------------------------------
+
+MACHINE_KEYS = ("out", "cache_dir", "device", "threads", "workers", "progress")
+"""Training-config keys about the machine a run used, left out of an exported model."""
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, backend: str = "onnx"
+) -> list[Path]:
+    """Export a training checkpoint to ONNX (and, for ``tensorrt``, an fp16 engine
+    ``<out>.plan`` built on this machine's GPU), one bin per call (:func:`steps_of`).
+
+    The ``class_names`` the checkpoint stores (``"no gesture"`` last for stream models;
+    :data:`~smastream.gestures.STREAM_CLASS_NAMES` for a 12-output checkpoint that stores
+    none) go into the file's metadata, and a ``<out>.json`` beside it holds the same
+    metadata in plain JSON. The training config is kept without :data:`MACHINE_KEYS` and
+    without the optimizer, scaler and RNG state.
+
+    Returns:
+        The paths written: ``out``, ``<out>.json`` (and ``<out>.plan``).
+
+    Raises:
+        SmastreamError: a network that cannot stream (``temporal="paper"``).
+        FormatError: an unreadable checkpoint (names the file).
+    """
+    from .model import load_checkpoint
+
+    model, extra = load_checkpoint(checkpoint)
+    if model.config.temporal != "causal":
+        raise SmastreamError(
+            f"{checkpoint}: a temporal='paper' network has no streaming form to export; "
+            "train with --protocol stream (or --temporal causal)"
+        )
+    out = Path(out)
+    tcfg = extra.get("train_config", {})
+    data = str(tcfg.get("data", "unspecified")) if isinstance(tcfg, dict) else "unspecified"
+    light = {k: v for k, v in extra.items() if k not in ("optimizer", "rng_torch", "scaler")}
+    if isinstance(tcfg, dict):  # where it was trained is no property of the model
+        light["train_config"] = {k: v for k, v in tcfg.items() if k not in MACHINE_KEYS}
+    n = model.config.num_classes
+    stored = extra.get("class_names")
+    names = None  # the stored names when they fit (resolve_class_names)
+    if not (isinstance(stored, (list, tuple)) and len(stored) == n) and n == len(
+        STREAM_CLASS_NAMES
+    ):
+        names = list(STREAM_CLASS_NAMES)
+    meta = export_onnx(
+        model,
+        out,
+        steps_per_window=steps_of(extra),
+        bin_us=bin_us_of(extra)[0],
+        training_data=data,
+        extra=light,
+        class_names=names,
+    )
+    side = out.with_suffix(".json")
+    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_side, side)
+    paths = [out, side]
+    if backend == "tensorrt":
+        from .trt_runtime import build_or_load
+
+        paths.append(build_or_load(out, "fp16", out=out.with_suffix(".plan")))
+    return paths
 
 
 # -- weights back out of a graph ---------------------------------------------------------

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from smastream.engine.torch_runtime import with_flush_denormal
-from smastream.errors import FormatError, SmastreamError
+from smastream.errors import ConfigError, FormatError, SmastreamError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES, STREAM_CLASS_NAMES, no_gesture_index
 from smastream.stream.decision import (
     Decider,
@@ -60,10 +59,10 @@ __all__ = [
     "EvalModel",
     "RecordingResult",
     "WindowRuntime",
+    "check_clip_calls",
     "clip_predictions",
     "decide_stream",
     "evaluate",
-    "export_checkpoint",
     "open_eval_model",
     "percentile_or_none",
     "summarize",
@@ -118,6 +117,21 @@ def _names_for(n: int, stored: Any) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(n))
 
 
+def check_clip_calls(path: Path, n_frames: int, steps_per_window: int) -> None:
+    """An exported graph runs ``S`` frames per call: a clip of ``T`` frames needs
+    ``T % S == 0``.
+
+    Raises:
+        ConfigError: it does not (one line naming the model and the way out).
+    """
+    if n_frames % steps_per_window:
+        raise ConfigError(
+            f"{path}: a clip of {n_frames} frames is not a whole number of calls of "
+            f"S={steps_per_window} frames; evaluate with --no-clip, or export with a "
+            f"--steps-per-window that divides {n_frames}"
+        )
+
+
 def open_eval_model(
     path: str | Path,
     *,
@@ -154,8 +168,7 @@ def open_eval_model(
         ort_rt = rt
 
         def onnx_clip(frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            if frames.shape[0] % s:
-                raise ValueError(f"clip of {frames.shape[0]} frames is not a multiple of S={s}")
+            check_clip_calls(p, frames.shape[0], s)
             ort_rt.reset()
             out = [ort_rt.step(frames[i : i + s]) for i in range(0, frames.shape[0], s)]
             ort_rt.reset()
@@ -485,13 +498,12 @@ class EvalOptions:
 
 def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     from .config import parse_data_spec
+    from .data import SYNTH_TEST_SEEDS, synthetic_recordings
     from .datasets import Recording, check_label_span, find_labelled_recordings
-    from .loop import SYNTH_TEST_SEEDS
-    from .loop import synthetic_recordings as _synthetic
 
     kind, root = parse_data_spec(data)
     if kind == "synthetic":
-        return _synthetic(cache_dir / "synthetic", SYNTH_TEST_SEEDS, 40.0, False)
+        return synthetic_recordings(cache_dir / "synthetic", SYNTH_TEST_SEEDS, 40.0, False)
     if kind == "dvsgesture":
         from .dvsgesture import dvsgesture_recordings, prepare_dvsgesture
 
@@ -521,7 +533,7 @@ def evaluate(
     Args:
         model_path: ``.pt`` checkpoint or ``.onnx`` export.
         data: A labelled recording file, a folder of them, ``synthetic`` (two held-out
-            synthetic recordings, :data:`~smastream.train.loop.SYNTH_TEST_SEEDS`) or
+            synthetic recordings, :data:`~smastream.train.data.SYNTH_TEST_SEEDS`) or
             ``dvsgesture[:ROOT]`` (the test split).
         options: :class:`EvalOptions`.
 
@@ -532,12 +544,13 @@ def evaluate(
         SmastreamError / FormatError: missing or corrupt files, a label window outside
             its recording (one line naming the file).
     """
+    from .data import geometry_for, sensor_of
     from .datasets import ClipConfig, ClipDataset, StreamConfig, StreamDataset
-    from .loop import geometry_for
-    from .loop import sensor_of as _sensor_of
 
     opts = options or EvalOptions()
     model = open_eval_model(model_path, bin_us=opts.bin_us)
+    if opts.clip and model.path.suffix.lower() == ".onnx":  # before any preprocessing
+        check_clip_calls(model.path, model.n_frames, model.steps_per_window)
     with tempfile.TemporaryDirectory(prefix="smastream-eval-") as tmp:
         cache = Path(opts.cache_dir) if opts.cache_dir else Path(tmp)
         recs = _recordings_for(data, cache)
@@ -545,7 +558,7 @@ def evaluate(
             recs = recs[: opts.max_recordings]
         if not recs:
             raise SmastreamError(f"{data}: no labelled recordings to evaluate")
-        sensor = _sensor_of(recs[0])
+        sensor = sensor_of(recs[0])
         geo = geometry_for(sensor, model.input_size)
         results: list[RecordingResult] = []
         if opts.stream and model.runtime is not None:
@@ -599,77 +612,6 @@ def evaluate(
     return summary
 
 
-# --------------------------------------------------------------------------- export
-
-
-_MACHINE_KEYS = ("out", "cache_dir", "device", "threads", "workers", "progress")
-"""Training-config keys about the machine a run used, left out of an exported model."""
-
-
-def export_checkpoint(
-    checkpoint: str | Path, out: str | Path, *, backend: str = "onnx"
-) -> list[Path]:
-    """Export a training checkpoint to ONNX (and, for ``tensorrt``, an fp16 engine
-    ``<out>.plan`` built on this machine's GPU).
-
-    Uses :func:`smastream.engine.export.export_onnx`; the ``class_names`` the checkpoint
-    stores (``"no gesture"`` last for stream models) are written into the file's metadata,
-    and a ``<out>.json`` beside it holds the same metadata in plain JSON.
-
-    Raises:
-        ImportError: the export module (or onnx) is not available.
-        SmastreamError: a network that cannot stream (``temporal="paper"``).
-    """
-    import onnx
-
-    from smastream.engine import export as ex
-    from smastream.engine.model import load_checkpoint
-
-    model, extra = load_checkpoint(checkpoint)
-    if model.config.temporal != "causal":
-        raise SmastreamError(
-            f"{checkpoint}: a temporal='paper' network has no streaming form to export; "
-            "train with --protocol stream (or --temporal causal)"
-        )
-    out = Path(out)
-    bin_us, _ = ex.bin_us_of(extra)
-    steps = ex.steps_of(extra)  # one bin per call
-    tcfg = extra.get("train_config", {})
-    data = str(tcfg.get("data", "unspecified")) if isinstance(tcfg, dict) else "unspecified"
-    light = {k: v for k, v in extra.items() if k not in ("optimizer", "rng_torch", "scaler")}
-    if isinstance(tcfg, dict):  # where it was trained is no property of the model
-        light["train_config"] = {k: v for k, v in tcfg.items() if k not in _MACHINE_KEYS}
-    meta = ex.export_onnx(
-        model, out, steps_per_window=steps, bin_us=bin_us, training_data=data, extra=light
-    )
-    names = _names_for(model.config.num_classes, extra.get("class_names"))
-    if list(meta.get("class_names", [])) != list(names):
-        proto = onnx.load(str(out))
-        for prop in proto.metadata_props:
-            if prop.key == ex.METADATA_KEY:
-                stored = json.loads(prop.value)
-                stored["class_names"] = list(names)
-                prop.value = json.dumps(stored, sort_keys=True)
-                meta["class_names"] = list(names)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            onnx.save(proto, str(tmp))
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    side = out.with_suffix(".json")
-    tmp_side = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    tmp_side.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_side, side)
-    paths = [out, side]
-    if backend == "tensorrt":
-        from smastream.engine.trt_runtime import build_or_load
-
-        paths.append(build_or_load(out, "fp16", out=out.with_suffix(".plan")))
-    return paths
-
-
 # --------------------------------------------------------------------------- tuning
 
 #: Seeds of the decision-default tuning recordings: in no training (1000+), validation
@@ -707,8 +649,8 @@ def tune_decision_defaults(
 
     from smastream.stream.formats.labels import read_labels
 
+    from .data import geometry_for, sensor_of, synthetic_recordings
     from .datasets import StreamConfig, StreamDataset
-    from .loop import geometry_for, sensor_of, synthetic_recordings
 
     model = open_eval_model(model_path)
     if model.runtime is None:

@@ -19,6 +19,15 @@ Protocols (see :class:`~smastream.train.config.TrainConfig`):
     between the time-averaged logits and the one-hot label (or TET). SMA temporal
     attention defaults to the paper's (non-causal) mode.
 
+Structure: :func:`train` prepares the run (resume or ``--init``, data, network,
+optimizer) and loops over epochs; what differs between the protocols lives in one small
+strategy each (``_StreamProtocol``, ``_ClipProtocol``: their datasets, one training epoch,
+validation), what is written per epoch in ``_RunFolder``. Both protocols use the tested
+losses (:func:`stream_loss` with :func:`mask_no_gesture`; :func:`clip_loss` over
+:func:`~smastream.engine.model.mse_onehot_loss` / ``tet_loss``). Data plumbing shared
+with evaluation (synthetic recordings by seed, sensor size, binner geometry) is in
+:mod:`smastream.train.data`; the export is :func:`smastream.engine.export.export_checkpoint`.
+
 Run folder (``config.out``)::
 
     config.json        the resolved TrainConfig
@@ -63,7 +72,6 @@ from torch import Tensor, nn
 from smastream.engine.model import (
     SMASNN,
     NetState,
-    SMASNNConfig,
     load_checkpoint,
     mean_readout,
     mse_onehot_loss,
@@ -76,6 +84,7 @@ from smastream.errors import FormatError, SmastreamError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES
 
 from .config import TrainConfig, config_from_mapping, config_to_dict, parse_data_spec
+from .data import SYNTH_SENSOR, VAL_SEED_OFFSET, geometry_for, sensor_of, synthetic_recordings
 from .datasets import (
     NO_GESTURE,
     PAD_TARGET,
@@ -87,7 +96,6 @@ from .datasets import (
     StreamDataset,
     check_label_span,
     find_labelled_recordings,
-    make_synthetic_recordings,
 )
 
 __all__ = [
@@ -98,17 +106,13 @@ __all__ = [
     "build_model",
     "class_names_for",
     "clip_loss",
-    "geometry_for",
     "load_data",
     "load_initial_weights",
     "lr_at",
     "mask_no_gesture",
     "resolve_device",
     "seed_everything",
-    "sensor_of",
     "stream_loss",
-    "synthetic_profile",
-    "synthetic_recordings",
     "train",
 ]
 
@@ -116,13 +120,6 @@ log = logging.getLogger(__name__)
 
 NO_GESTURE_NAME = "no gesture"
 """Name of the 12th class of stream-protocol models (the live path maps it to no decision)."""
-
-SYNTH_SENSOR = (128, 128)
-VAL_SEED_OFFSET = 10_000
-SYNTH_TEST_SEEDS = (21_000, 21_001)
-"""Seeds of ``evaluate --data synthetic``: outside the default training (1000 + i) and
-validation (11000 + i) ranges, one of each generator profile."""
-
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -178,6 +175,15 @@ def stream_loss(logits: Tensor, targets: Tensor, no_gesture_class: bool) -> tupl
     return loss, n
 
 
+def _counted_steps(
+    logits: Tensor, targets: Tensor, no_gesture_class: bool
+) -> tuple[Tensor, Tensor]:
+    """The steps :func:`stream_loss` counts, as 1-D ``(targets, argmax predictions)``."""
+    t = mask_no_gesture(targets, no_gesture_class)
+    valid = t != PAD_TARGET
+    return t[valid], logits.detach().argmax(-1)[valid]
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy's legacy global generator and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -213,69 +219,6 @@ def build_model(cfg: TrainConfig) -> SMASNN:
     if cfg.preset == "edge" and cfg.input_size is not None:
         overrides["input_size"] = cfg.input_size
     return SMASNN(preset_config(cfg.preset, **overrides))
-
-
-def geometry_for(sensor_size: tuple[int, int], input_size: tuple[int, int]) -> dict[str, Any]:
-    """Binner geometry (``crop``, ``output_size``/``downsample``) from a sensor to the model
-    input ``(H, W)``, the same mapping as the live pipeline (centred crop to the input's
-    aspect ratio, then resize); an exact integer ratio uses sum-pooling."""
-    from smastream.stream.pipeline import model_geometry
-
-    h, w = input_size
-    sw, sh = sensor_size
-    if sw % w == 0 and sh % h == 0 and sw // w == sh // h:
-        return {"crop": None, "downsample": sw // w, "output_size": None}
-    crop, out = model_geometry((sw, sh), (w, h))
-    return {"crop": crop, "downsample": 1, "output_size": out}
-
-
-def synthetic_profile(seed: int) -> dict[str, Any]:
-    """Generator options of synthetic training recording ``seed``.
-
-    Two profiles alternate so the model sees both sensor settings: even seeds use the
-    generator's calibrated defaults (:class:`~smastream.stream.synthetic.SynthConfig`:
-    threshold 0.25, noise 0.03 Hz), odd seeds a less sensitive sensor (threshold 0.3, noise
-    0.05 Hz, inside the real range of ``spec/real-dvs128.md``). Gestures last 2-3.5 s,
-    gaps 0.5-1.5 s.
-    """
-    opts: dict[str, Any] = {"gesture_s": (2.0, 3.5), "gap_s": (0.5, 1.5)}
-    if seed % 2:
-        opts.update(threshold_on=0.3, threshold_off=0.3, noise_hz=0.05)
-    return opts
-
-
-def synthetic_recordings(
-    folder: Path, seeds: Sequence[int], seconds: float, progress: bool, workers: int = 0
-) -> list[Recording]:
-    """The synthetic recordings of ``seeds`` (generated where missing), in seed order."""
-    groups: dict[str, list[int]] = {}
-    for seed in seeds:  # one call per generator profile, so that one pool does a group
-        groups.setdefault(repr(sorted(synthetic_profile(seed).items())), []).append(seed)
-    by_seed: dict[int, Recording] = {}
-    for group in groups.values():
-        recs = make_synthetic_recordings(
-            folder,
-            group,
-            seconds,
-            "dvs128",
-            progress=progress,
-            workers=workers,
-            **synthetic_profile(group[0]),
-        )
-        by_seed.update(zip(group, recs, strict=True))
-    if progress:
-        print(f"synthetic recordings: {len(seeds)} in {folder}", file=sys.stderr)
-    return [by_seed[s] for s in seeds]
-
-
-def sensor_of(rec: Recording) -> tuple[int, int]:
-    from smastream.stream.formats import open_events
-
-    with open_events(rec.events) as reader:
-        size = reader.sensor_size
-    if size is None:
-        raise FormatError(rec.events, None, "the file does not say its sensor size")
-    return int(size[0]), int(size[1])
 
 
 def load_data(
@@ -540,10 +483,8 @@ def _stream_epoch(
         stepper(loss)
         losses.append(float(loss.detach()))
         if n:
-            t = mask_no_gesture(targets, cfg.no_gesture_class)
-            valid = t != PAD_TARGET
-            pred = logits.detach().argmax(-1)
-            tot_ok += float(((pred == t) & valid).sum())
+            counted, pred = _counted_steps(logits, targets, cfg.no_gesture_class)
+            tot_ok += float((pred == counted).sum())
             tot_loss += float(loss.detach()) * n
             tot_n += n
     tot_loss, tot_ok, tot_n = _all_reduce([tot_loss, tot_ok, tot_n], device)
@@ -570,11 +511,8 @@ def _stream_validate(
             t = torch.from_numpy(targets).unsqueeze(1).to(device)
             loss, n = stream_loss(logits, t, cfg.no_gesture_class)
             if n:
-                t = mask_no_gesture(t, cfg.no_gesture_class)
-                valid = (t != PAD_TARGET).flatten().cpu().numpy()
-                tt = t.flatten().cpu().numpy()[valid]
-                pp = logits.argmax(-1).flatten().cpu().numpy()[valid]
-                np.add.at(conf, (tt, pp), 1)
+                counted, pred = _counted_steps(logits, t, cfg.no_gesture_class)
+                np.add.at(conf, (counted.cpu().numpy(), pred.cpu().numpy()), 1)
                 tot_loss += float(loss) * n
                 tot_n += n
     return tot_loss / max(tot_n, 1), float(np.trace(conf)) / max(tot_n, 1), conf
@@ -724,6 +662,306 @@ def _resume_source(resume: str | Path | bool | None, out: Path) -> Path | None:
     return path
 
 
+_KEPT_ON_RESUME = (
+    "epochs",
+    "out",
+    "progress",
+    "device",
+    "max_batches",
+    "backend",
+    "cache_dir",
+    "threads",
+    "workers",
+)
+"""Settings a resumed run takes from the command line; the rest come from the checkpoint."""
+
+
+def _resumed(cfg: TrainConfig, path: Path) -> tuple[TrainConfig, SMASNN, dict[str, Any]]:
+    """The checkpoint's network and extra dict, and its training config with
+    :data:`_KEPT_ON_RESUME` taken from ``cfg``."""
+    loaded, extra = load_checkpoint(path)
+    saved = extra.get("train_config")
+    if not isinstance(saved, dict):
+        raise FormatError(path, None, "checkpoint has no training config to resume")
+    keep = {k: getattr(cfg, k) for k in _KEPT_ON_RESUME}
+    return config_from_mapping({**saved, **keep}), loaded, extra
+
+
+def _network(cfg: TrainConfig, loaded: SMASNN | None, source: Path, device: torch.device) -> SMASNN:
+    """The network to train: built from ``cfg``, then the resumed weights, or ``--init``."""
+    model = build_model(cfg)
+    if loaded is not None:
+        if loaded.config != model.config:
+            raise FormatError(source, None, "checkpoint network does not match the training config")
+        model.load_state_dict(loaded.state_dict())
+    elif cfg.init is not None:
+        load_initial_weights(model, cfg.init)
+    return model.to(device)
+
+
+def _restore(
+    stepper: _Stepper, extra: dict[str, Any], rank: int
+) -> tuple[int, list[EpochResult], float]:
+    """Optimizer, scaler, step counter and torch RNG from a checkpoint; returns
+    ``(first epoch to run, history, best score)``."""
+    stepper.opt.load_state_dict(extra["optimizer"])
+    if extra.get("scaler"):
+        stepper.scaler.load_state_dict(extra["scaler"])
+    stepper.step = int(extra["step"])
+    if "rng_torch" in extra and rank == 0:
+        torch.set_rng_state(extra["rng_torch"])
+    return int(extra["epoch"]) + 1, _history_from(extra), float(extra.get("best", -math.inf))
+
+
+def _wrap(model: SMASNN, dist_: _Dist, device: torch.device) -> nn.Module:
+    """``model`` as plain-tensor ``forward`` (:class:`_SequenceAdapter`), in DDP when
+    there is more than one process."""
+    net: nn.Module = _SequenceAdapter(model)
+    if dist_.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return net
+
+
+# --------------------------------------------------------------------------- protocols
+
+Validation = tuple[float, float, npt.NDArray[np.int64]]
+"""``(loss, accuracy, confusion)`` of a validation pass."""
+
+
+class _StreamProtocol:
+    """The stream protocol's data (one :class:`StreamDataset` per augmented copy, a
+    :class:`StreamBatcher` each; epoch ``e`` plays copy ``e % copies``) and its epochs."""
+
+    unit = "steps"
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_recs: list[Recording],
+        val_recs: list[Recording],
+        sensor: tuple[int, int],
+        geo: dict[str, Any],
+        dist_: _Dist,
+    ) -> None:
+        self.cfg = cfg
+        cache, progress = cfg.resolved_cache_dir, cfg.progress and dist_.main
+        scfg = StreamConfig(
+            bin_us=cfg.bin_us, chunk_steps=cfg.chunk_steps, sensor_size=sensor, **geo
+        )
+        copies = [
+            StreamDataset(
+                train_recs,
+                cache,
+                dataclasses.replace(scfg, augment_seed=a),
+                progress=progress,
+                workers=cfg.workers,
+            )
+            for a in augment_seeds(cfg)
+        ]
+        self.val = (
+            StreamDataset(val_recs, cache, scfg, progress=progress, workers=cfg.workers)
+            if val_recs
+            else None
+        )
+        self.batchers = [
+            StreamBatcher(
+                ds,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed,
+                rank=dist_.rank,
+                world_size=dist_.world,
+            )
+            for ds in copies
+        ]
+
+    def batches_per_epoch(self) -> int:
+        return min(len(b) for b in self.batchers)
+
+    def train_epoch(
+        self,
+        net: nn.Module,
+        model: SMASNN,
+        stepper: _Stepper,
+        epoch: int,
+        n_batches: int,
+        desc: str,
+        losses: list[float],
+    ) -> tuple[float, float]:
+        batcher = self.batchers[epoch % len(self.batchers)]
+        batcher.set_epoch(epoch)
+        return _stream_epoch(net, model, batcher, stepper, self.cfg, n_batches, desc, losses)
+
+    def validate(self, model: SMASNN, device: torch.device) -> Validation | None:
+        return None if self.val is None else _stream_validate(model, self.val, self.cfg, device)
+
+
+class _ClipProtocol:
+    """The clip protocol's data (a :class:`ClipDataset` of labelled windows) and its
+    epochs (a seeded shuffle per epoch, :func:`_clip_loader`)."""
+
+    unit = "clips"
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_recs: list[Recording],
+        val_recs: list[Recording],
+        sensor: tuple[int, int],
+        geo: dict[str, Any],
+        dist_: _Dist,
+    ) -> None:
+        self.cfg, self.dist = cfg, dist_
+        cache, progress = cfg.resolved_cache_dir, cfg.progress and dist_.main
+        ccfg = ClipConfig(n_frames=cfg.n_frames, sensor_size=sensor, **geo)
+        self.train = ClipDataset(train_recs, cache, ccfg, progress=progress, workers=cfg.workers)
+        self.val = (
+            ClipDataset(val_recs, cache, ccfg, progress=progress, workers=cfg.workers)
+            if val_recs
+            else None
+        )
+
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.train) // (self.cfg.batch_size * self.dist.world))
+
+    def train_epoch(
+        self,
+        net: nn.Module,
+        model: SMASNN,
+        stepper: _Stepper,
+        epoch: int,
+        n_batches: int,
+        desc: str,
+        losses: list[float],
+    ) -> tuple[float, float]:
+        del model  # the clip protocol starts every sample from a fresh state
+        loader = _clip_loader(self.train, self.cfg, epoch, self.dist, shuffle=True)
+        return _clip_epoch(net, loader, stepper, self.cfg, n_batches, desc, losses)
+
+    def validate(self, model: SMASNN, device: torch.device) -> Validation | None:
+        return None if self.val is None else _clip_validate(model, self.val, self.cfg, device)
+
+
+_PROTOCOLS = {"stream": _StreamProtocol, "clip": _ClipProtocol}
+
+
+def _batches_per_epoch(
+    protocol: _StreamProtocol | _ClipProtocol, cfg: TrainConfig, device: torch.device
+) -> int:
+    """Batches every process runs per epoch: the fewest of any rank, at most
+    ``max_batches``."""
+    n = int(_all_reduce([protocol.batches_per_epoch()], device, "min")[0])
+    if cfg.max_batches is not None:
+        n = min(n, cfg.max_batches)
+    if n < 1:
+        raise SmastreamError(f"{cfg.data}: no training batches (too little data?)")
+    return n
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+class _RunFolder:
+    """Rank 0's outputs: ``config.json``, then per epoch the checkpoints, a line of
+    ``metrics.jsonl``, the progress line and the plots."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: SMASNN,
+        sensor: tuple[int, int],
+        geo: dict[str, Any],
+        unit: str,
+    ) -> None:
+        self.cfg, self.model, self.sensor, self.geo, self.unit = cfg, model, sensor, geo, unit
+        self.out = Path(cfg.out)
+        self.names = class_names_for(cfg.n_outputs)
+        self.last, self.best = self.out / "last.pt", self.out / "best.pt"
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+
+    def _extra(
+        self, epoch: int, stepper: _Stepper, history: list[EpochResult], best: float
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "train_config": config_to_dict(cfg),
+            "epoch": epoch,
+            "step": stepper.step,
+            "optimizer": stepper.opt.state_dict(),
+            "scaler": stepper.scaler.state_dict() if stepper.use_amp else {},
+            "rng_torch": torch.get_rng_state(),
+            "history": [dataclasses.asdict(h) for h in history],
+            "best": best,
+            "class_names": list(self.names),
+            "protocol": cfg.protocol,
+            "bin_us": cfg.bin_us,
+            "steps_per_window": cfg.steps_per_window,
+            "sensor_size": list(self.sensor),
+            "geometry": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.geo.items()},
+        }
+
+    def record(
+        self,
+        result: EpochResult,
+        history: list[EpochResult],
+        stepper: _Stepper,
+        best: float,
+    ) -> float:
+        """Write an epoch's checkpoints (``best.pt`` when its score beats ``best``),
+        metrics line and progress line; returns the new best score (validation accuracy,
+        else training accuracy)."""
+        score = result.val_accuracy if result.val_accuracy is not None else result.train_accuracy
+        is_best = score > best
+        best = max(best, score)
+        extra = self._extra(result.epoch, stepper, history, best)
+        _atomic_checkpoint(self.last, self.model, extra)
+        if is_best:
+            _atomic_checkpoint(self.best, self.model, extra)
+        line = json.dumps(dataclasses.asdict(result))
+        with (self.out / "metrics.jsonl").open("a") as fh:
+            fh.write(line + "\n")
+        log.info("%s", line)
+        if self.cfg.progress:
+            print(_epoch_line(result, self.cfg.epochs), file=sys.stderr, flush=True)
+        return best
+
+    def plot(self, history: list[EpochResult], confusion: npt.NDArray[np.int64] | None) -> None:
+        """Loss and accuracy curves, and the latest validation confusion matrix."""
+        try:
+            from .plots import plot_confusion, plot_history
+
+            plot_history([dataclasses.asdict(h) for h in history], self.out)
+            if confusion is not None:
+                labels = list(self.names[: confusion.shape[0]])
+                title = f"validation, epoch {history[-1].epoch + 1} ({self.unit})"
+                plot_confusion(confusion, labels, labels, self.out / "confusion.png", title)
+        except ImportError:  # matplotlib is in the train extra
+            log.warning("matplotlib missing: no plots")
+
+    def checkpoint_to_export(self) -> Path:
+        return self.best if self.best.is_file() else self.last
+
+
+def _epoch_line(result: EpochResult, epochs: int) -> str:
+    val = (
+        ""
+        if result.val_accuracy is None
+        else f" | val loss {result.val_loss:.4f} acc {result.val_accuracy:.3f}"
+    )
+    return (
+        f"epoch {result.epoch + 1}/{epochs}: loss {result.train_loss:.4f} "
+        f"acc {result.train_accuracy:.3f}{val} | lr {result.lr:.2e} | {result.time_s:.0f} s"
+    )
+
+
+# --------------------------------------------------------------------------- train
+
+
 @with_flush_denormal  # quiet membranes reach denormals: 30 s instead of 0.8 s per batch
 def train(
     cfg: TrainConfig,
@@ -737,7 +975,8 @@ def train(
         cfg: The configuration.
         resume: ``True`` (``cfg.out/last.pt``), a checkpoint path or run folder, or None.
             The resumed run takes the checkpoint's training config except ``epochs``,
-            ``out``, ``progress``, ``device``, ``max_batches`` and ``backend``.
+            ``out``, ``progress``, ``device``, ``max_batches``, ``backend``,
+            ``cache_dir``, ``threads`` and ``workers``.
         on_epoch: Called after every epoch with its result (rank 0).
 
     Returns:
@@ -748,151 +987,41 @@ def train(
     """
     out = Path(cfg.out)
     resume_path = _resume_source(resume, out)
-    ckpt_extra: dict[str, Any] = {}
     loaded: SMASNN | None = None
+    ckpt_extra: dict[str, Any] = {}
     if resume_path is not None:
-        loaded, ckpt_extra = load_checkpoint(resume_path)
-        saved = ckpt_extra.get("train_config")
-        if not isinstance(saved, dict):
-            raise FormatError(resume_path, None, "checkpoint has no training config to resume")
-        keep = {
-            k: getattr(cfg, k)
-            for k in (
-                "epochs",
-                "out",
-                "progress",
-                "device",
-                "max_batches",
-                "backend",
-                "cache_dir",
-                "threads",
-                "workers",
-            )
-        }
-        cfg = config_from_mapping({**saved, **keep})
+        cfg, loaded, ckpt_extra = _resumed(cfg, resume_path)
 
     dist_ = _init_distributed(cfg.device)
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + dist_.rank)
-
     if loaded is None and cfg.init is not None:  # a bad --init fails before data preparation
         with torch.random.fork_rng():
             load_initial_weights(build_model(cfg), cfg.init)
     train_recs, val_recs, sensor = load_data(cfg, dist_.rank)
-    model = build_model(cfg)
-    if loaded is not None:
-        if loaded.config != model.config:
-            raise FormatError(
-                resume_path or out, None, "checkpoint network does not match the training config"
-            )
-        model.load_state_dict(loaded.state_dict())
-    elif cfg.init is not None:
-        load_initial_weights(model, cfg.init)
-    model.to(device)
+    model = _network(cfg, loaded, resume_path or out, device)
     geo = geometry_for(sensor, model.config.input_size)
-    cache = cfg.resolved_cache_dir
-    progress = cfg.progress and dist_.main
-
-    train_stream: StreamDataset | None = None
-    val_stream: StreamDataset | None = None
-    train_clip: ClipDataset | None = None
-    val_clip: ClipDataset | None = None
-    if cfg.protocol == "stream":
-        scfg = StreamConfig(
-            bin_us=cfg.bin_us, chunk_steps=cfg.chunk_steps, sensor_size=sensor, **geo
-        )
-        copies = augment_seeds(cfg)
-        train_streams = [
-            StreamDataset(
-                train_recs,
-                cache,
-                dataclasses.replace(scfg, augment_seed=a),
-                progress=progress,
-                workers=cfg.workers,
-            )
-            for a in copies
-        ]
-        train_stream = train_streams[0]
-        if val_recs:
-            val_stream = StreamDataset(
-                val_recs, cache, scfg, progress=progress, workers=cfg.workers
-            )
-        batchers = [
-            StreamBatcher(
-                ds,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed,
-                rank=dist_.rank,
-                world_size=dist_.world,
-            )
-            for ds in train_streams
-        ]
-        per_epoch = min(len(b) for b in batchers)
-    else:
-        ccfg = ClipConfig(n_frames=cfg.n_frames, sensor_size=sensor, **geo)
-        train_clip = ClipDataset(train_recs, cache, ccfg, progress=progress, workers=cfg.workers)
-        if val_recs:
-            val_clip = ClipDataset(val_recs, cache, ccfg, progress=progress, workers=cfg.workers)
-        per_epoch = -(-len(train_clip) // (cfg.batch_size * dist_.world))
-    per_epoch = int(_all_reduce([per_epoch], device, "min")[0])
-    if cfg.max_batches is not None:
-        per_epoch = min(per_epoch, cfg.max_batches)
-    if per_epoch < 1:
-        raise SmastreamError(f"{cfg.data}: no training batches (too little data?)")
+    protocol = _PROTOCOLS[cfg.protocol](cfg, train_recs, val_recs, sensor, geo, dist_)
+    per_epoch = _batches_per_epoch(protocol, cfg, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
     stepper = _Stepper(cfg, params, device, cfg.epochs * per_epoch)
+    start_epoch, best = 0, -math.inf
     history: list[EpochResult] = []
-    start_epoch = 0
-    best = -math.inf
     if loaded is not None:
-        stepper.opt.load_state_dict(ckpt_extra["optimizer"])
-        if ckpt_extra.get("scaler"):
-            stepper.scaler.load_state_dict(ckpt_extra["scaler"])
-        stepper.step = int(ckpt_extra["step"])
-        start_epoch = int(ckpt_extra["epoch"]) + 1
-        history = _history_from(ckpt_extra)
-        best = float(ckpt_extra.get("best", -math.inf))
-        if "rng_torch" in ckpt_extra and dist_.rank == 0:
-            torch.set_rng_state(ckpt_extra["rng_torch"])
+        start_epoch, history, best = _restore(stepper, ckpt_extra, dist_.rank)
+    net = _wrap(model, dist_, device)
+    run = _RunFolder(cfg, model, sensor, geo, protocol.unit) if dist_.main else None
 
-    net: nn.Module = _SequenceAdapter(model)
-    if dist_.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    names = class_names_for(cfg.n_outputs)
-    if dist_.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
     losses: list[float] = []
-    last_path, best_path = out / "last.pt", out / "best.pt"
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
-        if train_stream is not None:
-            batcher = batchers[epoch % len(batchers)]
-            batcher.set_epoch(epoch)
-            tr_loss, tr_acc = _stream_epoch(
-                net, model, batcher, stepper, cfg, per_epoch, desc, losses
-            )
-        else:
-            assert train_clip is not None
-            loader = _clip_loader(train_clip, cfg, epoch, dist_, shuffle=True)
-            tr_loss, tr_acc = _clip_epoch(net, loader, stepper, cfg, per_epoch, desc, losses)
-        va_loss = va_acc = None
-        confusion: npt.NDArray[np.int64] | None = None
-        if dist_.main:
-            if val_stream is not None:
-                va_loss, va_acc, confusion = _stream_validate(model, val_stream, cfg, device)
-            elif val_clip is not None:
-                va_loss, va_acc, confusion = _clip_validate(model, val_clip, cfg, device)
+        tr_loss, tr_acc = protocol.train_epoch(net, model, stepper, epoch, per_epoch, desc, losses)
+        val = protocol.validate(model, device) if run is not None else None
+        va_loss, va_acc, confusion = val if val is not None else (None, None, None)
         result = EpochResult(
             epoch=epoch,
             step=stepper.step,
@@ -905,66 +1034,19 @@ def train(
             batches=per_epoch,
         )
         history.append(result)
-        if dist_.main:
-            score = va_acc if va_acc is not None else tr_acc
-            is_best = score > best
-            best = max(best, score)
-            extra = {
-                "train_config": config_to_dict(cfg),
-                "epoch": epoch,
-                "step": stepper.step,
-                "optimizer": stepper.opt.state_dict(),
-                "scaler": stepper.scaler.state_dict() if stepper.use_amp else {},
-                "rng_torch": torch.get_rng_state(),
-                "history": [dataclasses.asdict(h) for h in history],
-                "best": best,
-                "class_names": list(names),
-                "protocol": cfg.protocol,
-                "bin_us": cfg.bin_us,
-                "steps_per_window": cfg.steps_per_window,
-                "sensor_size": list(sensor),
-                "geometry": {k: (list(v) if isinstance(v, tuple) else v) for k, v in geo.items()},
-            }
-            _atomic_checkpoint(last_path, model, extra)
-            if is_best:
-                _atomic_checkpoint(best_path, model, extra)
-            with (out / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(dataclasses.asdict(result)) + "\n")
-            log.info("%s", json.dumps(dataclasses.asdict(result)))
-            if cfg.progress:
-                print(
-                    f"{desc}: loss {tr_loss:.4f} acc {tr_acc:.3f}"
-                    + ("" if va_acc is None else f" | val loss {va_loss:.4f} acc {va_acc:.3f}")
-                    + f" | lr {result.lr:.2e} | {result.time_s:.0f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        if run is not None:
+            best = run.record(result, history, stepper, best)
             if on_epoch is not None:
                 on_epoch(result)
-            try:
-                from .plots import plot_confusion, plot_history
-
-                plot_history([dataclasses.asdict(h) for h in history], out)
-                if confusion is not None:
-                    labels = list(names[: confusion.shape[0]])
-                    plot_confusion(
-                        confusion,
-                        labels,
-                        labels,
-                        out / "confusion.png",
-                        f"validation, epoch {epoch + 1} "
-                        + ("(steps)" if cfg.protocol == "stream" else "(clips)"),
-                    )
-            except ImportError:  # matplotlib is in the train extra
-                log.warning("matplotlib missing: no plots")
+            run.plot(history, confusion)
     _barrier()
     model.eval()
     exported: list[Path] = []
-    if dist_.main and cfg.backend != "none" and history:
-        exported = export_run(best_path if best_path.is_file() else last_path, out, cfg.backend)
+    if run is not None and cfg.backend != "none" and history:
+        exported = export_run(run.checkpoint_to_export(), out, cfg.backend)
     if dist_.world > 1:
         torch.distributed.destroy_process_group()
-    return TrainResult(history, last_path, best_path, exported, model, losses)
+    return TrainResult(history, out / "last.pt", out / "best.pt", exported, model, losses)
 
 
 def export_run(checkpoint: Path, out: Path, backend: str) -> list[Path]:
@@ -973,21 +1055,11 @@ def export_run(checkpoint: Path, out: Path, backend: str) -> list[Path]:
     Uses :mod:`smastream.engine.export`; when that module is not installed the export is
     skipped with a warning (the checkpoint is complete without it).
     """
-    from .evaluate import export_checkpoint
-
     try:
+        from smastream.engine.export import export_checkpoint
+
         return export_checkpoint(checkpoint, out / "model.onnx", backend=backend)
     except ImportError as exc:
         log.warning("export skipped: %s", exc)
         print(f"export skipped: {exc}", file=sys.stderr)
         return []
-
-
-def config_of_checkpoint(extra: dict[str, Any]) -> TrainConfig | None:
-    """The training config stored in a checkpoint's extra dict, if any."""
-    saved = extra.get("train_config")
-    return config_from_mapping(saved) if isinstance(saved, dict) else None
-
-
-def model_config_of(model: SMASNN) -> SMASNNConfig:
-    return model.config

@@ -315,6 +315,48 @@ def test_export_command_writes_graph_with_checkpoint_metadata(
     assert "records no bin width" in capsys.readouterr().err
 
 
+def test_export_checkpoint_keeps_the_model_and_drops_the_machine(tmp_path: Path) -> None:
+    """What training ships: one bin per call, the stored class names (the stream names
+    for 12 outputs that store none), the training config without the machine's paths and
+    no optimizer/RNG state, and a plain-JSON sidecar equal to the metadata."""
+    from smastream.engine.export import MACHINE_KEYS, export_checkpoint
+    from smastream.errors import SmastreamError
+    from smastream.gestures import STREAM_CLASS_NAMES
+
+    tcfg = {"data": "synthetic", "protocol": "stream", "epochs": 3}
+    tcfg |= {k: f"/machine/{k}" for k in MACHINE_KEYS}
+    extra = {"bin_us": 25_000, "steps_per_window": 4, "train_config": tcfg}
+    extra |= {"optimizer": {"state": {}}, "rng_torch": torch.zeros(3, dtype=torch.uint8)}
+    cfg12 = dataclasses.replace(small_config(), num_classes=12)
+    ckpt = tmp_path / "stream.pt"
+    save_checkpoint(ckpt, spiking_model(cfg12), extra)
+    out = tmp_path / "out" / "model.onnx"
+    paths = export_checkpoint(ckpt, out)
+    assert paths == [out, out.with_suffix(".json")]
+    meta = read_metadata(out)
+    assert (meta["steps_per_window"], meta["bin_us"]) == (1, 25_000)
+    assert meta["class_names"] == list(STREAM_CLASS_NAMES)
+    assert meta["training_data"] == "synthetic"
+    kept = meta["checkpoint_extra"]
+    assert kept["train_config"] == {"data": "synthetic", "protocol": "stream", "epochs": 3}
+    assert not {"optimizer", "rng_torch", "scaler"} & set(kept)
+    assert b"/machine/" not in out.read_bytes()
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert {k: v for k, v in side.items() if k != "ops"} == meta
+    assert side["ops"] and set(side["ops"]) <= ALLOWED_OPS
+    # names the checkpoint stores win
+    names = [f"g{i}" for i in range(12)]
+    save_checkpoint(ckpt, spiking_model(cfg12), {**extra, "class_names": names})
+    export_checkpoint(ckpt, out)
+    assert read_metadata(out)["class_names"] == names
+    # a clip-protocol network has no streaming form: one line naming the checkpoint
+    paper = tmp_path / "paper.pt"
+    save_checkpoint(paper, SMASNN(dataclasses.replace(small_config(), temporal="paper")), {})
+    with pytest.raises(SmastreamError, match=r"paper\.pt: a temporal='paper' network"):
+        export_checkpoint(paper, tmp_path / "paper.onnx")
+    assert not (tmp_path / "paper.onnx").exists()
+
+
 def test_bin_width_comes_from_option_then_checkpoint_then_default() -> None:
     assert bin_us_of({"bin_us": 25_000}, 10_000) == (10_000, "option")
     assert bin_us_of({"bin_us": 25_000}) == (25_000, "checkpoint")

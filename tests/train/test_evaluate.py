@@ -219,6 +219,26 @@ def test_errors_name_the_file(trained: tuple[Path, Path], tmp_path: Path) -> Non
         evaluate(bad, str(recording))
 
 
+def test_clip_of_frames_that_do_not_fill_whole_calls_is_a_one_line_error(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export at S = 3 cannot run the checkpoint's 16-frame clips in whole calls:
+    ``smastream evaluate`` says so on one line, naming the model, before any work."""
+    from smastream.cli import main
+
+    ckpt, recording = trained
+    s3 = tmp_path / "s3.onnx"
+    assert main(["export", str(ckpt), "--out", str(s3), "--steps-per-window", "3"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(s3), "--data", str(recording)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(s3) in err and "16 frames" in err and "S=3" in err and "--no-clip" in err
+    # the way out it names works: streaming alone runs at S = 3
+    assert main(["evaluate", str(s3), "--data", str(recording), "--no-clip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps_per_window"] == 3
+
+
 def test_shipped_demo_model_meets_its_targets_on_the_held_out_demo_recording() -> None:
     """Issue 6's acceptance, the README's evaluation command: the demo recording's seed (7)
     was never used in training (seeds 1000-1127, validation 11000-11001)."""
@@ -236,8 +256,8 @@ def test_shipped_demo_model_meets_its_targets_on_the_held_out_demo_recording() -
 
 def test_synthetic_evaluation_data_is_in_no_training_or_validation_range(tmp_path: Path) -> None:
     from smastream.stream.synthetic import DEMO_SEEDS
+    from smastream.train.data import SYNTH_TEST_SEEDS, VAL_SEED_OFFSET
     from smastream.train.evaluate import _recordings_for
-    from smastream.train.loop import SYNTH_TEST_SEEDS, VAL_SEED_OFFSET
 
     cfg = TrainConfig()
     train_seeds = range(cfg.synth_seed, cfg.synth_seed + 10_000)  # any --synth-recordings

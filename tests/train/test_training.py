@@ -282,7 +282,7 @@ def test_seeded_init_is_deterministic() -> None:
 
 def test_geometry_matches_the_live_mapping() -> None:
     from smastream.stream.pipeline import model_geometry
-    from smastream.train.loop import geometry_for
+    from smastream.train.data import geometry_for
 
     assert geometry_for((128, 128), (64, 64)) == {
         "crop": None, "downsample": 2, "output_size": None,

@@ -1,0 +1,105 @@
+"""Data plumbing shared by training and evaluation: synthetic recordings by seed, the
+sensor size of a recording and the binner geometry from a sensor to the model input.
+
+Seed ranges of the synthetic data (the generator is deterministic, a seed is a recording):
+training ``synth_seed + i`` (default 1000 + i), validation ``synth_seed +``
+:data:`VAL_SEED_OFFSET` ``+ i``, evaluation :data:`SYNTH_TEST_SEEDS`; the demo recording's
+seeds 7 and 8 are refused for training (:class:`~smastream.train.config.TrainConfig`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smastream.errors import FormatError
+
+from .datasets import Recording, make_synthetic_recordings
+
+__all__ = [
+    "SYNTH_SENSOR",
+    "SYNTH_TEST_SEEDS",
+    "VAL_SEED_OFFSET",
+    "geometry_for",
+    "sensor_of",
+    "synthetic_profile",
+    "synthetic_recordings",
+]
+
+SYNTH_SENSOR = (128, 128)
+"""Sensor size ``(W, H)`` of the synthetic recordings (a DVS128)."""
+VAL_SEED_OFFSET = 10_000
+"""Validation seeds are ``synth_seed + VAL_SEED_OFFSET + i``."""
+SYNTH_TEST_SEEDS = (21_000, 21_001)
+"""Seeds of ``evaluate --data synthetic``: outside the default training (1000 + i) and
+validation (11000 + i) ranges, one of each generator profile."""
+
+
+def geometry_for(sensor_size: tuple[int, int], input_size: tuple[int, int]) -> dict[str, Any]:
+    """Binner geometry (``crop``, ``output_size``/``downsample``) from a sensor to the model
+    input ``(H, W)``, the same mapping as the live pipeline (centred crop to the input's
+    aspect ratio, then resize); an exact integer ratio uses sum-pooling."""
+    from smastream.stream.pipeline import model_geometry
+
+    h, w = input_size
+    sw, sh = sensor_size
+    if sw % w == 0 and sh % h == 0 and sw // w == sh // h:
+        return {"crop": None, "downsample": sw // w, "output_size": None}
+    crop, out = model_geometry((sw, sh), (w, h))
+    return {"crop": crop, "downsample": 1, "output_size": out}
+
+
+def synthetic_profile(seed: int) -> dict[str, Any]:
+    """Generator options of synthetic training recording ``seed``.
+
+    Two profiles alternate so the model sees both sensor settings: even seeds use the
+    generator's calibrated defaults (:class:`~smastream.stream.synthetic.SynthConfig`:
+    threshold 0.25, noise 0.03 Hz), odd seeds a less sensitive sensor (threshold 0.3, noise
+    0.05 Hz, inside the real range of ``spec/real-dvs128.md``). Gestures last 2-3.5 s,
+    gaps 0.5-1.5 s.
+    """
+    opts: dict[str, Any] = {"gesture_s": (2.0, 3.5), "gap_s": (0.5, 1.5)}
+    if seed % 2:
+        opts.update(threshold_on=0.3, threshold_off=0.3, noise_hz=0.05)
+    return opts
+
+
+def synthetic_recordings(
+    folder: Path, seeds: Sequence[int], seconds: float, progress: bool, workers: int = 0
+) -> list[Recording]:
+    """The synthetic recordings of ``seeds`` (generated where missing), in seed order."""
+    groups: dict[str, list[int]] = {}
+    for seed in seeds:  # one call per generator profile, so that one pool does a group
+        groups.setdefault(repr(sorted(synthetic_profile(seed).items())), []).append(seed)
+    by_seed: dict[int, Recording] = {}
+    for group in groups.values():
+        recs = make_synthetic_recordings(
+            folder,
+            group,
+            seconds,
+            "dvs128",
+            progress=progress,
+            workers=workers,
+            **synthetic_profile(group[0]),
+        )
+        by_seed.update(zip(group, recs, strict=True))
+    if progress:
+        print(f"synthetic recordings: {len(seeds)} in {folder}", file=sys.stderr)
+    return [by_seed[s] for s in seeds]
+
+
+def sensor_of(rec: Recording) -> tuple[int, int]:
+    """Sensor size ``(W, H)`` of a recording's event file.
+
+    Raises:
+        FormatError: the file does not say its sensor size (names the file).
+    """
+    from smastream.stream.formats import open_events
+
+    with open_events(rec.events) as reader:
+        size = reader.sensor_size
+    if size is None:
+        raise FormatError(rec.events, None, "the file does not say its sensor size")
+    return int(size[0]), int(size[1])
