@@ -846,12 +846,11 @@ class _ClipProtocol:
         return None if self.val is None else _clip_validate(model, self.val, self.cfg, device)
 
 
-_PROTOCOLS = {"stream": _StreamProtocol, "clip": _ClipProtocol}
+_Strategy = _StreamProtocol | _ClipProtocol
+_PROTOCOLS: dict[str, type[_Strategy]] = {"stream": _StreamProtocol, "clip": _ClipProtocol}
 
 
-def _batches_per_epoch(
-    protocol: _StreamProtocol | _ClipProtocol, cfg: TrainConfig, device: torch.device
-) -> int:
+def _batches_per_epoch(protocol: _Strategy, cfg: TrainConfig, device: torch.device) -> int:
     """Batches every process runs per epoch: the fewest of any rank, at most
     ``max_batches``."""
     n = int(_all_reduce([protocol.batches_per_epoch()], device, "min")[0])
@@ -1003,7 +1002,7 @@ def train(
     train_recs, val_recs, sensor = load_data(cfg, dist_.rank)
     model = _network(cfg, loaded, resume_path or out, device)
     geo = geometry_for(sensor, model.config.input_size)
-    protocol = _PROTOCOLS[cfg.protocol](cfg, train_recs, val_recs, sensor, geo, dist_)
+    protocol: _Strategy = _PROTOCOLS[cfg.protocol](cfg, train_recs, val_recs, sensor, geo, dist_)
     per_epoch = _batches_per_epoch(protocol, cfg, device)
 
     params = [p for p in model.parameters() if p.requires_grad]
