@@ -133,6 +133,9 @@ class OrtRuntime:
         self._logits = np.zeros(logits_shape, np.float32)
         self._frames_value = ort.OrtValue.ortvalue_from_numpy(self._frames)
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        # The same buffers in the protocol's shapes, made once (no view per call).
+        self._frames_in = self._frames.reshape(self.info.window_shape)
+        self._logits_out = self._logits.reshape(s, self.num_classes)
         # Two state sets on the provider's device.
         self._host_sets: list[dict[str, npt.NDArray[np.float32]]] = []
         self._sets: list[dict[str, ort.OrtValue]] = []
@@ -192,11 +195,12 @@ class OrtRuntime:
         Raises:
             ValueError: If ``frames`` does not have :attr:`ModelInfo.window_shape`.
         """
-        self.info.check_window(frames)
-        np.copyto(self._frames.reshape(self.info.window_shape), frames, casting="same_kind")
+        if frames.shape != self._frames_in.shape:
+            self.info.check_window(frames)  # raises, naming the shapes
+        np.copyto(self._frames_in, frames, casting="same_kind")
         self.session.run_with_iobinding(self._bindings[self._current])
         self._current = 1 - self._current
-        return self._logits.reshape(self.info.steps_per_window, self.num_classes).copy()
+        return self._logits_out.copy()
 
     def state_norms(self) -> dict[str, float]:
         """L2 norm of every state tensor (the set the next call will read)."""

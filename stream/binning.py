@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from smastream.stream.events import Events, as_events
+from smastream.stream.events import EVENT_DTYPE, Events, as_events
 from smastream.stream.events import sensor_size as resolve_size
 
 __all__ = [
@@ -333,6 +333,13 @@ class BinCounts:
 
 def _as_kernel_events(events: np.ndarray) -> Events:
     """Events as a contiguous 1-D :data:`EVENT_DTYPE` array (copied only when needed)."""
+    if (
+        type(events) is np.ndarray
+        and events.dtype is EVENT_DTYPE
+        and events.ndim == 1
+        and events.flags.c_contiguous
+    ):
+        return events  # the live path's packets: no structured-dtype comparison per packet
     if not isinstance(events, np.ndarray):
         raise TypeError(f"events must be a numpy structured array, got {type(events).__name__}")
     if events.ndim != 1:
