@@ -12,7 +12,8 @@ Layout (BGR, fixed size for a given input size, scale and number of classes — 
     |  ON yellow, OFF blue, both      |  ...  (decided: green)     |
     |  white, none dark               | fps, source                |
     |                                 | latency per stage, ms      |
-    |                                 | dropped windows, lost pkts |
+    |                                 | dropped windows, frames,   |
+    |                                 | lost packets               |
     +---------------------------------+----------------------------+
 
 The static parts of the panel are drawn once per layout and cached; a frame copies them and
@@ -113,8 +114,9 @@ def _panel_rows(n_classes: int) -> dict[str, int]:
     rows["stages"] = y + 3 * ROW_H + 6  # up to MAX_STAGES rows, then the decision row
     y = rows["stages"] + (MAX_STAGES + 1) * ROW_H + 6
     rows["dropped"] = y
-    rows["lost"] = y + ROW_H
-    rows["height"] = y + ROW_H + _PAD
+    rows["dropped_frames"] = y + ROW_H
+    rows["lost"] = y + 2 * ROW_H
+    rows["height"] = y + 2 * ROW_H + _PAD
     return rows
 
 
@@ -147,6 +149,8 @@ class OverlayStats:
         fps: Frames (windows) shown per second.
         stage_ms: Latency per stage in ms, in display order (the first ``MAX_STAGES``).
         dropped_windows: Stale windows dropped by a slow consumer.
+        dropped_frames: Display frames dropped because the display was slower than
+            the display rate (engine steps are never dropped for the display).
         lost_packets: Transport packets lost (sequence gaps).
         paused: Replay paused: a "PAUSED" tag is drawn over the events.
         source: Name of the source (camera, file), shortened to fit.
@@ -155,6 +159,7 @@ class OverlayStats:
     fps: float = 0.0
     stage_ms: Mapping[str, float] = field(default_factory=dict)
     dropped_windows: int = 0
+    dropped_frames: int = 0
     lost_packets: int = 0
     paused: bool = False
     source: str = ""
@@ -255,6 +260,7 @@ def _background(h: int, w: int, scale: int, short_names: tuple[str, ...]) -> Ima
         cv2.rectangle(img, (bx, y - _BAR_H + 2), (bx + _BAR_W, y + 1), BAR_TRACK, -1)
     _text(img, "latency, ms", x0 + _PAD, top + rows["lat_header"], DIM)
     _text(img, "dropped windows", x0 + _PAD, top + rows["dropped"], DIM)
+    _text(img, "dropped frames", x0 + _PAD, top + rows["dropped_frames"], DIM)
     _text(img, "lost packets", x0 + _PAD, top + rows["lost"], DIM)
     img.setflags(write=False)
     return img
@@ -390,7 +396,12 @@ def render_overlay(
         y = top + rows["stages"] + i * ROW_H
         _text(img, _fit(name, PANEL_W - 2 * _PAD - 70), x0 + _PAD + 8, y, TEXT)
         _text_right(img, f"{ms:.2f}", x0 + PANEL_W - _PAD, y, TEXT)
-    for key, value in (("dropped", stats.dropped_windows), ("lost", stats.lost_packets)):
+    counters = (
+        ("dropped", stats.dropped_windows),
+        ("dropped_frames", stats.dropped_frames),
+        ("lost", stats.lost_packets),
+    )
+    for key, value in counters:
         _text_right(img, str(value), x0 + PANEL_W - _PAD, top + rows[key], WARN if value else TEXT)
 
     if stats.paused:

@@ -145,20 +145,80 @@ BACKWARD_RESET_US = 1_000_000
 EVENT_QUANTILES = 16
 
 
+@dataclass(frozen=True, eq=False)
+class EventPiece:
+    """The events of one packet that fell into one window, for their wall times.
+
+    A packet that arrived (``perf_counter``) at ``arrival`` is due at its end edge
+    ``t_end_us`` (a paced replay releases it then; a camera delivers it then, plus
+    transport), so its event at sensor time ``t`` happened ``(t_end_us - t) / speed``
+    earlier. ``t`` is a view of the packet's timestamps (no copy): one piece per packet
+    and window, not one wall time per event, on the ingest path.
+    """
+
+    t: np.ndarray
+    t_end_us: int
+    arrival: float
+
+
 @dataclass(frozen=True)
 class ClosedWindow:
     """A window and when (wall clock, ``time.perf_counter``) the ingest stage closed it.
 
-    ``event_wall_mean`` and ``event_wall_q`` are the mean and :data:`EVENT_QUANTILES`
-    quantiles of the wall times of its events (sensor time mapped to wall time at the
-    packet's arrival, see :meth:`Pipeline._event_walls`); None without events.
+    ``pieces`` are its events' packets (see :class:`EventPiece`) and ``speed`` the replay
+    speed that maps sensor to wall time (None: as fast as possible, every event counts
+    from its packet's arrival); :func:`event_wall_summary` turns them into the mean and
+    :data:`EVENT_QUANTILES` quantiles of the events' wall times.
     """
 
     window: Window
     closed_wall: float
     bin_ms: float
-    event_wall_mean: float | None = None
-    event_wall_q: np.ndarray | None = None
+    pieces: tuple[EventPiece, ...] = ()
+    speed: float | None = 1.0
+
+
+def _quantile_probs(n: int) -> np.ndarray:
+    return (np.arange(n) + 0.5) / n
+
+
+_QUANTILE_PROBS = _quantile_probs(EVENT_QUANTILES)
+
+
+def event_wall_summary(
+    pieces: Sequence[EventPiece], speed: float | None
+) -> tuple[float, np.ndarray] | None:
+    """Mean and :data:`EVENT_QUANTILES` quantiles (linear interpolation, as
+    ``np.quantile``) of the wall times of the events of ``pieces``; None without events.
+
+    An event at ``t`` of a piece has the wall time ``arrival - (t_end_us - t) / (1e6 *
+    speed)``; with ``speed`` None (as fast as possible: sensor time has no wall meaning)
+    it is the piece's ``arrival``.
+    """
+    pieces = [p for p in pieces if len(p.t)]
+    if not pieces:
+        return None
+    if len(pieces) == 1:
+        p = pieces[0]
+        walls = (
+            np.full(len(p.t), p.arrival)
+            if speed is None
+            else p.arrival - (p.t_end_us - p.t) / (1e6 * speed)
+        )
+    else:
+        counts = [len(p.t) for p in pieces]
+        walls = np.repeat(np.array([p.arrival for p in pieces]), counts)
+        if speed is not None:
+            ends = np.repeat(np.array([p.t_end_us for p in pieces], dtype=np.int64), counts)
+            walls -= (ends - np.concatenate([p.t for p in pieces])) / (1e6 * speed)
+    mean = float(walls.mean())
+    walls.sort()
+    pos = _QUANTILE_PROBS * (len(walls) - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, len(walls) - 1)
+    frac = pos - lo
+    q = walls[lo] + (walls[hi] - walls[lo]) * frac
+    return mean, q
 
 
 @dataclass(frozen=True)
@@ -287,6 +347,18 @@ class PipelineConfig:
     display_fps: float = 30.0
 
 
+def concat_events(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)`` of event arrays; for :data:`EVENT_DTYPE` parts as raw
+    records (np.concatenate compares structured dtypes field by field: 8x slower on the
+    packets of a display frame)."""
+    from smastream.stream.events import EVENT_DTYPE
+
+    if all(p.dtype is EVENT_DTYPE for p in parts):
+        raw = np.dtype((np.void, EVENT_DTYPE.itemsize))
+        return np.concatenate([p.view(raw) for p in parts]).view(EVENT_DTYPE)
+    return np.concatenate(parts)
+
+
 def decision_record(d: Decision, window_index: int) -> dict[str, Any]:
     """One JSON-lines record of a decision."""
     return {
@@ -379,8 +451,9 @@ class Pipeline:
             output_size=out,
             max_gap_windows=gap_windows,
         )
-        self._pending_walls: list[np.ndarray] = []  # of the unfinished window
-        self._window_walls: list[np.ndarray] = []  # of the windows being emitted
+        self._pending_pieces: list[EventPiece] = []  # the unfinished window's events
+        pacer = getattr(source, "pacer", None)
+        self._speed: float | None = pacer.speed if pacer is not None else 1.0
         names = list(info.class_names)
         self.decider = Decider(self.config.decision, len(names), names)
         self.recorder = recorder
@@ -439,11 +512,9 @@ class Pipeline:
                 if packet is None:
                     if not self.stop.is_set():  # end of the stream: decide the last bins
                         last = self.binner.finish()
-                        self._window_walls = (
-                            [np.concatenate(self._pending_walls)] if self._pending_walls else []
-                        )
-                        self._pending_walls = []
-                        self._emit_windows(last, arrival, arrival)
+                        pieces = [tuple(self._pending_pieces)] if last else []
+                        self._pending_pieces = []
+                        self._emit_windows(last, pieces, arrival, arrival)
                         if self._display_on and self._frame_events:
                             assert self._frame_edge is not None
                             self._put_frame(self._frame_edge, self._frame_events)
@@ -468,14 +539,13 @@ class Pipeline:
                         Reset("discontinuity" if packet.discontinuity else "time base")
                     )
                     self.binner.reset()  # time restarts: the old window edge is stale
-                    self._pending_walls = []
+                    self._pending_pieces = []
                     self._frame_edge, self._frame_events = None, []
                 t0 = time.perf_counter()
-                walls = self._event_walls(ev, packet.t_end_us, arrival)
                 windows = self.binner.push(ev) if len(ev) else []
                 windows += self.binner.flush(packet.t_end_us)
-                self._split_walls(ev, walls, windows)
-                self._emit_windows(windows, t0, time.perf_counter())
+                pieces = self._split_pieces(ev, packet.t_end_us, arrival, windows)
+                self._emit_windows(windows, pieces, t0, time.perf_counter())
                 if self._display_on:
                     self._cut_display_frames(ev, packet.t_end_us)
             stats.incomplete_last_window = self.binner.pending_events > 0
@@ -489,7 +559,7 @@ class Pipeline:
     def _put_frame(self, edge: int, parts: list[np.ndarray]) -> None:
         from smastream.stream.events import empty_events
 
-        ev = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty_events())
+        ev = concat_events(parts) if len(parts) > 1 else (parts[0] if parts else empty_events())
         self.display_frames.put(DisplayFrame(edge, ev), self.stop)
         self.stats.display_frames += 1
 
@@ -511,7 +581,8 @@ class Pipeline:
             edge = self._frame_edge
             before, rest = [], []
             for part in self._frame_events:
-                cut = int(np.searchsorted(part["t"], edge, side="left"))
+                t = part["t"]  # sorted: most parts end before the edge, no search
+                cut = len(t) if int(t[-1]) < edge else int(np.searchsorted(t, edge, side="left"))
                 if cut:
                     before.append(part[:cut])
                 if cut < len(part):
@@ -523,49 +594,50 @@ class Pipeline:
     def _put_window(self, item: ClosedWindow | Reset) -> None:
         self.windows.put(item, self.stop)
 
-    def _emit_windows(self, windows: list[Window], t0: float, t1: float) -> None:
+    def _emit_windows(
+        self,
+        windows: list[Window],
+        pieces: list[tuple[EventPiece, ...]],
+        t0: float,
+        t1: float,
+    ) -> None:
         """Queue closed windows (a gap skipped before one resets state first), each with
-        its events' wall-time summary."""
-        walls = self._window_walls
-        self._window_walls = []
+        its events' packets (``pieces[i]`` for ``windows[i]``)."""
         for i, w in enumerate(windows):
             if w.skipped_before:
                 self._put_window(Reset("gap"))
-            arr = walls[i] if i < len(walls) else None
-            mean = q = None
-            if arr is not None and len(arr):
-                mean = float(arr.mean())
-                q = np.quantile(arr, (np.arange(EVENT_QUANTILES) + 0.5) / EVENT_QUANTILES)
-            self._put_window(ClosedWindow(w, t1, (t1 - t0) * 1e3 / len(windows), mean, q))
+            own = pieces[i] if i < len(pieces) else ()
+            self._put_window(ClosedWindow(w, t1, (t1 - t0) * 1e3 / len(windows), own, self._speed))
             self.stats.windows += 1
 
-    def _event_walls(self, ev: np.ndarray, t_end_us: int, arrival: float) -> np.ndarray:
-        """Wall time (``perf_counter``) of each event of a packet that arrived at
-        ``arrival``: the packet is due at its end edge ``t_end_us`` (a paced replay
-        releases it then; a camera delivers it then, plus transport), so an event at
-        ``t`` happened ``(t_end_us - t) / speed`` earlier. As fast as possible (no speed),
-        sensor time has no wall meaning: every event counts from its packet's arrival."""
-        pacer = getattr(self.source, "pacer", None)
-        speed = pacer.speed if pacer is not None else 1.0
-        if speed is None or not len(ev):
-            return np.full(len(ev), arrival)
-        return arrival - (t_end_us - ev["t"].astype(np.float64)) / (1e6 * speed)
-
-    def _split_walls(self, ev: np.ndarray, walls: np.ndarray, windows: list[Window]) -> None:
-        """Assign the packet's event wall times to the windows it closed (in order); the
-        rest wait for the unfinished window."""
-        out: list[np.ndarray] = []
+    def _split_pieces(
+        self, ev: np.ndarray, t_end_us: int, arrival: float, windows: list[Window]
+    ) -> list[tuple[EventPiece, ...]]:
+        """The event pieces of each window the packet closed (in order): the unfinished
+        window's earlier packets and this packet's events before the window's end; the
+        rest waits for the unfinished window. One view per packet and window: no wall
+        time per event here (see :func:`event_wall_summary`)."""
+        t = ev["t"]
+        if not windows:
+            if len(t):
+                self._pending_pieces.append(EventPiece(t, t_end_us, arrival))
+            return []
+        out: list[tuple[EventPiece, ...]] = []
         pos = 0
-        t = ev["t"] if len(ev) else np.zeros(0, np.int64)
         for w in windows:
-            cut = int(np.searchsorted(t, w.t_end_us, side="left"))
-            parts = [*self._pending_walls, walls[pos:cut]]
-            self._pending_walls = []
-            out.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+            cut = (
+                len(t)
+                if not len(t) or int(t[-1]) < w.t_end_us
+                else int(np.searchsorted(t, w.t_end_us, side="left"))
+            )
+            if cut > pos:
+                self._pending_pieces.append(EventPiece(t[pos:cut], t_end_us, arrival))
+            out.append(tuple(self._pending_pieces))
+            self._pending_pieces = []
             pos = max(pos, cut)
-        if pos < len(walls):
-            self._pending_walls.append(walls[pos:])
-        self._window_walls = out
+        if pos < len(t):
+            self._pending_pieces.append(EventPiece(t[pos:], t_end_us, arrival))
+        return out
 
     # -- stage 2: inference -------------------------------------------------------------
     def _reset_state(self, reason: str) -> None:
@@ -617,10 +689,6 @@ class Pipeline:
                 stats.infer_ms.append((t1 - t0) * 1e3)
                 stats.decide_ms.append((t2 - t1) * 1e3)
                 stats.end_to_end_ms.append((t2 - item.closed_wall) * 1e3)
-                if item.event_wall_mean is not None and item.event_wall_q is not None:
-                    stats.event_mean_ms.append((t2 - item.event_wall_mean) * 1e3)
-                    stats.event_weight.append(float(w.n_events))
-                    stats.event_q_ms.append((t2 - item.event_wall_q) * 1e3)
                 stats.inferred += 1
                 if any(d.reset_state for d in decisions):
                     self.runtime.reset()
@@ -636,6 +704,12 @@ class Pipeline:
                 index += 1
                 # the latest result, for the display: never waits, never drops an engine step
                 self.last_result = Result(w, decisions, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+                # the events' wall times last: they cost the decision no latency
+                walls = event_wall_summary(item.pieces, item.speed)
+                if walls is not None:
+                    stats.event_mean_ms.append((t2 - walls[0]) * 1e3)
+                    stats.event_weight.append(float(w.n_events))
+                    stats.event_q_ms.append((t2 - walls[1]) * 1e3)
         except BaseException as exc:
             self.error = exc
             self.stop.set()
@@ -668,6 +742,7 @@ class Pipeline:
             fps=fps,
             stage_ms=stage_ms,
             dropped_windows=self.windows.dropped,
+            dropped_frames=self.display_frames.dropped,
             lost_packets=s.lost_packets,
             paused=self.paused.is_set(),
             source=self.source.name,
@@ -782,7 +857,7 @@ class OverlayDisplay:
     source. The caller must have checked :func:`~smastream.stream.overlay.has_display`
     before asking for a window: opencv's ``imshow`` without an X server aborts the process.
 
-    ``input_size`` and ``window_s`` are accepted for older callers and not used.
+    ``input_size`` is accepted for older callers and not used.
     """
 
     title = "smastream"
@@ -793,14 +868,13 @@ class OverlayDisplay:
         window: bool,
         video: Path | None,
         input_size: tuple[int, int] | None = None,
-        window_s: float | None = None,
         class_names: Sequence[str] = CLASS_NAMES,
         scale: int | None = None,
         fps: float = 30.0,
     ) -> None:
         from smastream.stream.overlay import short_names_for
 
-        del input_size, window_s
+        del input_size
         self.short_names = short_names_for(class_names)
         self.scale = scale
         self.window = window

@@ -15,7 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from smastream.commands.common import add_model_arguments, positive_float
+from smastream.commands.common import (
+    MIN_BIN_MS,
+    add_model_arguments,
+    bin_ms_type,
+    seconds_type,
+    speed_type,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--source", type=Path, help="recorded file (default: the demo recording)")
     src.add_argument("--device", help="camera: davis346, dvxplorer, dvs128, auto or serial")
     parser.add_argument(
-        "--speed", type=positive_float, default=1.0, help="file replay speed (default 1)"
+        "--speed", type=speed_type, default=1.0, help="file replay speed (default 1)"
     )
-    parser.add_argument("--seconds", type=positive_float, help="stop after this long")
-    parser.add_argument("--bin-ms", type=positive_float, help="bin width (default: the model's)")
+    parser.add_argument("--seconds", type=seconds_type, help="stop after this long")
+    parser.add_argument(
+        "--bin-ms",
+        type=bin_ms_type,
+        help=f"bin width in ms, at least {MIN_BIN_MS:g} (default: the model's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("profile"), help="output folder")
 
 
@@ -58,13 +68,7 @@ def run(args: argparse.Namespace) -> int:
         bin_us = int(args.bin_ms * 1000) if args.bin_ms else info.bin_us
         pipeline = Pipeline(source, runtime, PipelineConfig(seconds=args.seconds), bin_us=bin_us)
         # the overlay is rendered (not shown) so that the render stage is measured too
-        display = OverlayDisplay(
-            window=False,
-            video=None,
-            input_size=info.input_size,
-            window_s=bin_us * info.steps_per_window / 1e6,
-            class_names=info.class_names,
-        )
+        display = OverlayDisplay(window=False, video=None, class_names=info.class_names)
         sampler = ResourceSampler()
         sampler.start()
         stats = pipeline.run(display)

@@ -174,6 +174,24 @@ def test_stats_and_pause_change_the_panel() -> None:
     assert render_overlay(frames, None, many, 4).shape == a.shape
 
 
+def test_dropped_display_frames_have_their_own_row_below_dropped_windows() -> None:
+    """issue 12: a slow display drops display frames; the panel counts them apart from
+    the engine's dropped windows, on the next row, in the warning colour when not 0."""
+    from smastream.stream.overlay import ROW_H, WARN
+
+    frames = np.zeros((2, 32, 32), np.float32)
+    a = render_overlay(frames, None, OverlayStats(), 4)
+    frames_17 = render_overlay(frames, None, OverlayStats(dropped_frames=17), 4)
+    windows_17 = render_overlay(frames, None, OverlayStats(dropped_windows=17), 4)
+    by_frames = (a != frames_17).any(axis=-1)
+    by_windows = (a != windows_17).any(axis=-1)
+    assert by_frames.any() and by_windows.any()
+    assert not by_frames[:, :128].any()  # the panel only, not the events
+    # the same "17" drawn one row lower
+    np.testing.assert_array_equal(by_frames[ROW_H:], by_windows[:-ROW_H])
+    assert (frames_17[by_frames] == WARN).all(axis=-1).any()
+
+
 def test_bad_input_rejected() -> None:
     with pytest.raises(ValueError, match=r"expected \[2, H, W\]"):
         render_overlay(np.zeros((3, 8, 8)), None, STATS, 2)

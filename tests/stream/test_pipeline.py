@@ -536,13 +536,16 @@ def test_a_slow_display_drops_display_frames_never_engine_steps(
     source = FileSource(DEMO, speed=1.0)
     p = _pipeline(source, model, seconds=3.0, keep_decisions=True)
     drawn: list[int] = []
+    shown_dropped: list[int] = []
 
     def slow(frame: object, pipe: object) -> bool:
         r = pipe.last_result  # type: ignore[attr-defined]
+        overlay = pipe.overlay_stats()  # type: ignore[attr-defined]
+        shown_dropped.append(overlay.dropped_frames)
         image = render_overlay(
             sensor_frame(frame.events, pipe.source.sensor_size),  # type: ignore[attr-defined]
             r.decisions[-1] if r is not None else None,
-            pipe.overlay_stats(),  # type: ignore[attr-defined]
+            overlay,
             2,
             [f"c{i}" for i in range(len(r.decisions[-1].probs) if r is not None else 11)],
         )
@@ -556,6 +559,9 @@ def test_a_slow_display_drops_display_frames_never_engine_steps(
         source.close()
     assert stats.dropped_display_frames > 30  # ~90 cut, ~12 drawn
     assert len(drawn) < 20
+    # the overlay counts them as they happen (issue 12)
+    assert shown_dropped == sorted(shown_dropped)
+    assert 20 < shown_dropped[-1] <= stats.dropped_display_frames
     assert stats.dropped_windows == 0  # no engine step dropped
     sensor_s = 3.0
     assert stats.inferred >= 0.8 * sensor_s / 0.05  # every bin of the ~3 s decided
@@ -665,3 +671,33 @@ def test_event_to_decision_latency_at_one_bin_per_call_is_a_third_of_four(
         means.append(ev["mean"])
     assert 20 < means[0] < 60, means
     assert means[0] < 0.5 * means[1], means
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.5, None])
+def test_event_wall_summary_equals_the_per_event_wall_times(speed: float | None) -> None:
+    """Per-packet pieces give the mean and quantiles of every event's own wall time
+    (``arrival - (t_end - t) / speed``; the arrival itself as fast as possible), as
+    ``np.quantile`` over one wall time per event would."""
+    from smastream.stream.pipeline import EVENT_QUANTILES, EventPiece, event_wall_summary
+
+    rng = np.random.default_rng(5)
+    pieces, walls = [], []
+    edge, arrival = 1_700_000_000_000_000, 100.0  # epoch microseconds, as DV writes them
+    for n in (0, 7, 1, 130, 64):
+        t = np.sort(rng.integers(edge - 5_000, edge, n)).astype(np.int64)
+        arrival += 0.005 + rng.uniform(0, 0.002)
+        pieces.append(EventPiece(t, edge, arrival))
+        s = speed
+        walls.append(np.full(n, arrival) if s is None else arrival - (edge - t) / (1e6 * s))
+        edge += 5_000
+    every = np.concatenate(walls)
+    probs = (np.arange(EVENT_QUANTILES) + 0.5) / EVENT_QUANTILES
+    for lo, hi in ((0, 5), (3, 4), (1, 3)):
+        got = event_wall_summary(pieces[lo:hi], speed)
+        assert got is not None
+        own = np.concatenate(walls[lo:hi])
+        assert got[0] == pytest.approx(own.mean(), abs=1e-9)
+        np.testing.assert_allclose(got[1], np.quantile(own, probs), rtol=0, atol=1e-9)
+    assert event_wall_summary(pieces[:1], speed) is None  # no events
+    assert event_wall_summary([], speed) is None
+    assert len(every) == 202
