@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from smastream.commands.common import positive_float, positive_int
+from smastream.commands.common import (
+    int_in,
+    max_threads,
+    positive_float,
+    positive_int,
+    seed_type,
+    threads_type,
+)
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
@@ -49,8 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--windows", type=positive_int, default=100, help="timed calls (default 100)"
     )
-    parser.add_argument("--warmup", type=int, default=10, help="untimed calls first (default 10)")
-    parser.add_argument("--threads", type=positive_int, help="CPU threads of the runtime")
+    parser.add_argument(
+        "--warmup",
+        type=int_in(0, 1_000_000, example="10"),
+        default=10,
+        help="untimed calls first (default 10)",
+    )
+    parser.add_argument(
+        "--threads", type=threads_type, help=f"CPU threads of the runtime (1..{max_threads()})"
+    )
     parser.add_argument(
         "--input", type=Path, help="a recording: time its windows instead of random spikes"
     )
@@ -68,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="fp32",
         help="tensorrt precision for --preset (int8 needs `smastream export --int8`)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random weights and inputs")
+    parser.add_argument("--seed", type=seed_type, default=0, help="random weights and inputs")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
