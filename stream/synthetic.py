@@ -56,7 +56,7 @@ import numpy.typing as npt
 
 from smastream.gestures import NUM_CLASSES
 from smastream.stream.events import EVENT_DTYPE, Events
-from smastream.stream.formats.labels import GestureWindow
+from smastream.stream.formats.labels import GestureWindow, SceneSegment
 
 __all__ = ["SCENES", "SceneSegment", "SynthConfig", "SyntheticGestures", "generate"]
 
@@ -248,15 +248,6 @@ _SCENE_P = _SCENE_W / _SCENE_W.sum()
 """Scene probabilities: leaving the frame and a pan sweep every pixel, so they are drawn
 less often (still stretches, to an event camera, are already scenes with only sensor
 noise); flicker costs a full-frame render per frame."""
-
-
-@dataclass(frozen=True)
-class SceneSegment:
-    """One stretch of a recording outside the gesture windows and what happens in it."""
-
-    start_us: int
-    end_us: int
-    name: str  # "idle" or one of SCENES
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ SYNTH_SENSOR = (128, 128)
 """Sensor size ``(W, H)`` of the synthetic recordings (a DVS128)."""
 VAL_SEED_OFFSET = 10_000
 """Validation seeds are ``synth_seed + VAL_SEED_OFFSET + i``."""
-SYNTH_TEST_SEEDS = (21_000, 21_001)
+SYNTH_TEST_SEEDS = tuple(range(21_000, 21_015))
 """Seeds of ``evaluate --data synthetic``: outside the default training (1000 + i) and
 validation (11000 + i) ranges, one of each generator profile."""
 

@@ -82,7 +82,9 @@ from smastream.stream.formats.labels import (
     Labels,
     labels_path_for,
     read_labels,
+    scenes_path_for,
     write_labels,
+    write_scenes,
 )
 
 __all__ = [
@@ -1319,6 +1321,10 @@ def make_synthetic_recordings(
         out.append(rec)
         if not (path.is_file() and rec.labels.is_file()):
             todo.append((rec, cfg, size, format, packet_us))
+        elif not scenes_path_for(path).is_file():  # made before scene files: no simulation
+            from smastream.stream.synthetic import SyntheticGestures
+
+            write_scenes(scenes_path_for(path), SyntheticGestures(cfg).scenes)
     in_processes(_write_synthetic, todo, workers, "synthesising", progress)
     return out
 
@@ -1342,3 +1348,4 @@ def _write_synthetic(
         tmp.unlink(missing_ok=True)
         raise
     write_labels(rec.labels, gen.labels)
+    write_scenes(scenes_path_for(path), gen.scenes)

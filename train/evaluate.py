@@ -23,6 +23,10 @@ Metrics (:func:`summarize`; keys of ``smastream evaluate --json``):
     more than that fraction of windows was missed; ``windows_detected`` says how many.
 ``false_idle_decisions``, ``false_idle_rate``, ``false_idle_per_min``
     Decisions of a gesture class outside every window (during idle gaps).
+``scenes``, ``scene_steps``, ``scene_gesture_rate``
+    Only for recordings with a ``_scenes.csv`` (synthetic ones): per scene name (``idle``
+    or a no-gesture scene), decisions inside its segments and the share with a gesture;
+    ``scene_gesture_rate`` over every no-gesture scene (not ``idle``).
 ``per_class``
     Per class: windows, window steps, stream accuracy, detected windows, median onset,
     clips and clip accuracy.
@@ -53,7 +57,12 @@ from smastream.stream.decision import (
     StreamMetrics,
     stream_metrics,
 )
-from smastream.stream.formats.labels import GestureWindow
+from smastream.stream.formats.labels import (
+    GestureWindow,
+    SceneSegment,
+    read_scenes,
+    scenes_path_for,
+)
 
 __all__ = [
     "EvalModel",
@@ -269,6 +278,9 @@ class RecordingResult:
             decision (11 = none).
         idle_resets: State resets asked by the decider.
         seconds: Duration in bins × bin width.
+        scene_steps: Per scene name (a synthetic recording's ``_scenes.csv``: ``idle`` or a
+            no-gesture scene), ``[decisions inside its segments, of them with a gesture]``;
+            empty without a scene file.
     """
 
     name: str
@@ -277,6 +289,7 @@ class RecordingResult:
     confusion: npt.NDArray[np.int64]
     idle_resets: int
     seconds: float
+    scene_steps: dict[str, list[int]] = field(default_factory=dict)
 
 
 def evaluate_stream_recording(
@@ -288,12 +301,15 @@ def evaluate_stream_recording(
     t0_us: int,
     decision: DecisionConfig | None = None,
     stable_steps: int = 1,
+    scenes: Sequence[SceneSegment] = (),
 ) -> RecordingResult:
     """Decide a recording (:func:`decide_stream`) and score it against its windows.
 
     Args:
         targets: ``int64 [N]`` per-bin target (class, or 11 between gestures) for the
             confusion matrix.
+        scenes: What happens outside the windows (a decision at ``t`` is in a segment when
+            ``start_us < t <= end_us``, as for windows), counted per scene name.
     """
     if model.runtime is None:
         raise SmastreamError(f"{model.path}: this model cannot stream (temporal='paper')")
@@ -312,8 +328,22 @@ def evaluate_stream_recording(
     tgt = np.asarray(targets, dtype=np.int64)
     ok = (tgt >= 0) & (tgt <= NUM_CLASSES) & (pred <= NUM_CLASSES)
     np.add.at(conf, (tgt[ok], pred[ok]), 1)
+    t = np.array([tt for tt, _ in pairs], dtype=np.int64)
+    gesture = pred < NUM_CLASSES
+    scene_steps: dict[str, list[int]] = {}
+    for seg in scenes:
+        i0, i1 = np.searchsorted(t, [seg.start_us, seg.end_us], side="right")
+        counts = scene_steps.setdefault(seg.name, [0, 0])
+        counts[0] += int(i1 - i0)
+        counts[1] += int(gesture[i0:i1].sum())
     return RecordingResult(
-        name, metrics, list(windows), conf, resets, frames.shape[0] * model.bin_us / 1e6
+        name,
+        metrics,
+        list(windows),
+        conf,
+        resets,
+        frames.shape[0] * model.bin_us / 1e6,
+        scene_steps,
     )
 
 
@@ -403,6 +433,21 @@ def summarize(
             idle_resets=sum(r.idle_resets for r in results),
             stream_confusion=conf.tolist(),
         )
+        scenes: dict[str, list[int]] = {}
+        for r in results:
+            for name, (n, g) in r.scene_steps.items():
+                acc = scenes.setdefault(name, [0, 0])
+                acc[0] += n
+                acc[1] += g
+        if scenes:
+            out["scenes"] = {
+                name: {"steps": n, "gesture_steps": g, "gesture_rate": g / n if n else None}
+                for name, (n, g) in sorted(scenes.items())
+            }
+            n_sc = sum(n for name, (n, _) in scenes.items() if name != "idle")
+            g_sc = sum(g for name, (_, g) in scenes.items() if name != "idle")
+            out["scene_steps"] = n_sc
+            out["scene_gesture_rate"] = _nan_to_none(g_sc / n_sc if n_sc else math.nan)
     else:
         onsets, win_labels, conf = [], [], np.zeros((12, 12), dtype=np.int64)
         out.update(
@@ -455,6 +500,19 @@ def format_table(summary: dict[str, Any]) -> str:
         f"false idle decisions:     {summary.get('false_idle_decisions')} of "
         f"{summary.get('idle_steps', 0)} idle steps "
         f"({f(summary.get('false_idle_rate'), True)})",
+    ]
+    if "scenes" in summary:
+        lines.append(
+            f"no-gesture scenes:        a gesture on {f(summary.get('scene_gesture_rate'), True)} "
+            f"of {summary.get('scene_steps', 0)} steps ("
+            + ", ".join(
+                f"{k} {f(v['gesture_rate'], True)}"
+                for k, v in summary["scenes"].items()
+                if k != "idle"
+            )
+            + ")"
+        )
+    lines += [
         "",
         f"{'class':<28} {'windows':>7} {'stream':>8} {'detected':>8} {'onset p50':>10} "
         f"{'clips':>5} {'clip':>7}",
@@ -575,6 +633,7 @@ def evaluate(
                 frames = np.concatenate(
                     [sds.chunk_arrays(r, c)[0] for c in range(sds.chunks_per_recording[r])]
                 )[:n]
+                scene_file = scenes_path_for(rec.events)
                 results.append(
                     evaluate_stream_recording(
                         model,
@@ -585,6 +644,7 @@ def evaluate(
                         sds.t0_us[r],
                         opts.decision,
                         opts.stable_steps,
+                        read_scenes(scene_file) if scene_file.is_file() else (),
                     )
                 )
         labels = preds = None

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        help="labelled recording, folder of them, synthetic (held-out seeds 21000-21001), "
+        help="labelled recording, folder of them, synthetic (held-out seeds 21000-21014, 10 min), "
         "or dvsgesture[:ROOT] (test split)",
     )
     parser.add_argument("--json", action="store_true", help="print all metrics as one JSON object")

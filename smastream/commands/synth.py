@@ -97,7 +97,12 @@ def _temp_path(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from smastream.stream.formats import EventWriter, open_writer
     from smastream.stream.formats.base import WriteError
-    from smastream.stream.formats.labels import labels_path_for, write_labels
+    from smastream.stream.formats.labels import (
+        labels_path_for,
+        scenes_path_for,
+        write_labels,
+        write_scenes,
+    )
     from smastream.stream.synthetic import SynthConfig, SyntheticGestures
 
     try:
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise SmastreamError(f"{out.parent}: no such directory")
     # the finished file is renamed over the target: never over a device, FIFO or folder
     # (as root, a rename replaces /dev/null itself)
-    for target in (out, labels_path_for(out)):
+    for target in (out, labels_path_for(out), scenes_path_for(out)):
         if target.exists() and not target.is_file():
             raise SmastreamError(f"{target}: exists and is not a regular file; give a file path")
     gen = SyntheticGestures(config)
@@ -153,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                     sim_s = min((k + 1) * 0.05, total_s)
                     _progress(sim_s, total_s, n_events, now - started)
         write_labels(labels_path_for(out), labels)
+        write_scenes(scenes_path_for(out), gen.scenes)
         tmp.replace(out)
         done = True
     except WriteError as exc:

@@ -1,4 +1,6 @@
-"""DVS Gesture label files: ``class,startTime_usec,endTime_usec``, one gesture per row.
+"""DVS Gesture label files: ``class,startTime_usec,endTime_usec``, one gesture per row, and
+the scene files of synthetic recordings: ``scene,startTime_usec,endTime_usec``, one stretch
+outside the gestures per row (``idle`` or a no-gesture scene such as ``walk``).
 
 Classes are 1..11 in the file and 0..10 in memory (:data:`smastream.gestures.CLASS_NAMES`).
 A sample is the events with ``start_us <= t < end_us``. Repeated classes and overlapping
@@ -19,6 +21,8 @@ from smastream.gestures import CLASS_NAMES, NUM_CLASSES
 from smastream.stream.formats.base import WriteError
 
 HEADER = ("class", "startTime_usec", "endTime_usec")
+SCENE_HEADER = ("scene", "startTime_usec", "endTime_usec")
+_SCENE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _INT64 = 1 << 63
@@ -153,3 +157,84 @@ def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
     finally:
         if not done:
             tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class SceneSegment:
+    """One stretch of a recording outside the gesture windows and what happens in it."""
+
+    start_us: int
+    end_us: int
+    name: str  # "idle" or the name of a no-gesture scene
+
+
+def scenes_path_for(recording: str | Path) -> Path:
+    """``rec.aedat4`` -> ``rec_scenes.csv``."""
+    p = Path(recording)
+    return p.with_name(p.stem + "_scenes.csv")
+
+
+def write_scenes(path: str | Path, segments: Iterable[SceneSegment]) -> None:
+    """Write scene segments as ``scene,startTime_usec,endTime_usec`` (via a temporary file)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".part")
+    done = False
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(SCENE_HEADER)
+            for seg in segments:
+                w.writerow((seg.name, seg.start_us, seg.end_us))
+        tmp.replace(p)
+        done = True
+    except OSError as exc:
+        raise WriteError(p, exc) from None
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+
+
+def read_scenes(path: str | Path) -> list[SceneSegment]:
+    """Parse a scene CSV written by :func:`write_scenes`.
+
+    Raises:
+        FormatError: unreadable file, wrong header or a bad row (line and byte offset).
+    """
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise FormatError(p, 0, f"cannot read scene file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(p, exc.start, "scene file is not UTF-8 text") from None
+    out: list[SceneSegment] = []
+    offset = 0
+    header_seen = False
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        row_offset = offset
+        offset += len(line.encode("utf-8"))
+        cells = [c.strip() for c in line.strip().split(",")] if line.strip() else []
+        if not cells:
+            continue
+        if not header_seen:
+            header_seen = True
+            if tuple(cells) != SCENE_HEADER:
+                raise FormatError(
+                    p, row_offset, f"line {lineno}: header {cells} is not {list(SCENE_HEADER)}"
+                )
+            continue
+        if (
+            len(cells) != 3
+            or not _SCENE_NAME.fullmatch(cells[0])
+            or not all(_INTEGER.fullmatch(c) and abs(int(c)) < _INT64 for c in cells[1:])
+        ):
+            raise FormatError(
+                p, row_offset, f"line {lineno}: expected a scene name and 2 integers, got {cells}"
+            )
+        start, end = int(cells[1]), int(cells[2])
+        if end <= start:
+            raise FormatError(p, row_offset, f"line {lineno}: end {end} is not after start {start}")
+        out.append(SceneSegment(start, end, cells[0]))
+    if not header_seen:
+        raise FormatError(p, 0, "empty scene file (no header)")
+    return out

@@ -73,3 +73,31 @@ def test_write_labels_failure_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="cannot write"):
         write_labels(target, [GestureWindow(0, 10, 0)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_labels.csv"]
+
+
+def test_scene_file_round_trip_and_bad_rows(tmp_path: Path) -> None:
+    from smastream.stream.formats.labels import (
+        SceneSegment,
+        read_scenes,
+        scenes_path_for,
+        write_scenes,
+    )
+    from smastream.stream.synthetic import SynthConfig, SyntheticGestures
+
+    gen = SyntheticGestures(SynthConfig(seconds=30.0, seed=5))
+    path = scenes_path_for(tmp_path / "rec.aedat4")
+    assert path.name == "rec_scenes.csv"
+    write_scenes(path, gen.scenes)
+    back = read_scenes(path)
+    assert back == gen.scenes and all(isinstance(s, SceneSegment) for s in back)
+    assert {s.name for s in back} > {"idle"}  # scenes between the gestures
+    for text, match in [
+        ("", "empty scene file"),
+        ("class,startTime_usec,endTime_usec\n", "header"),
+        ("scene,startTime_usec,endTime_usec\nwalk,5,5\n", "not after start"),
+        ("scene,startTime_usec,endTime_usec\nWalk!,1,5\n", "line 2: expected a scene name"),
+        ("scene,startTime_usec,endTime_usec\nwalk,1,2,3\n", "line 2"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(FormatError, match=match):
+            read_scenes(path)

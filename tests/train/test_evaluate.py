@@ -254,18 +254,28 @@ def test_shipped_demo_model_meets_its_targets_on_the_held_out_demo_recording() -
     assert out["decision"] == vars(DecisionConfig())  # the live defaults
 
 
-def test_synthetic_evaluation_data_is_in_no_training_or_validation_range(tmp_path: Path) -> None:
+def test_synthetic_evaluation_data_is_in_no_training_or_validation_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smastream.stream.formats.labels import read_scenes, scenes_path_for
     from smastream.stream.synthetic import DEMO_SEEDS
+    from smastream.train import data
     from smastream.train.data import SYNTH_TEST_SEEDS, VAL_SEED_OFFSET
-    from smastream.train.evaluate import _recordings_for
+    from smastream.train.evaluate import TUNING_SEEDS, _recordings_for
 
     cfg = TrainConfig()
     train_seeds = range(cfg.synth_seed, cfg.synth_seed + 10_000)  # any --synth-recordings
     val_seeds = range(cfg.synth_seed + VAL_SEED_OFFSET, cfg.synth_seed + VAL_SEED_OFFSET + 100)
-    assert not set(SYNTH_TEST_SEEDS) & (set(train_seeds) | set(val_seeds) | set(DEMO_SEEDS))
+    taken = set(train_seeds) | set(val_seeds) | set(DEMO_SEEDS) | set(TUNING_SEEDS)
+    assert not set(SYNTH_TEST_SEEDS) & taken
+    assert len(SYNTH_TEST_SEEDS) * 40 >= 600  # at least 10 minutes held out
+    # Generating all of them takes minutes on 2 cores: the first two show the plumbing.
+    monkeypatch.setattr(data, "SYNTH_TEST_SEEDS", SYNTH_TEST_SEEDS[:2])
     recs = _recordings_for("synthetic", tmp_path)
-    assert [r.events.name.split("-")[1] for r in recs] == [f"seed{s}" for s in SYNTH_TEST_SEEDS]
+    assert [r.events.name.split("-")[1] for r in recs] == [f"seed{s}" for s in SYNTH_TEST_SEEDS[:2]]
     assert all(r.labels.is_file() for r in recs)
+    scenes = read_scenes(scenes_path_for(recs[0].events))  # what happens between gestures
+    assert scenes and {s.name for s in scenes} > {"idle"}
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -311,3 +321,27 @@ def test_config_error_is_a_smastream_error() -> None:
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         config_from_args(parser.parse_args(["--data", "synthetic", "--epochs", "0"]))
+
+
+def test_scene_steps_are_counted_per_scene_and_summarised() -> None:
+    from smastream.stream.formats.labels import SceneSegment
+    from smastream.train.evaluate import format_table
+
+    # 12 bins of 1 ms, S = 1: a gesture window (2, 4] ms, a walk (4, 8] ms, idle (8, 12].
+    classes = [NG, NG, 2, 2, NG, 3, NG, NG, NG, NG, 5, NG]
+    model = EvalModel(Path("scripted"), ScriptedRuntime(classes), NAMES, (4, 4), 1000, 1, 4, None)
+    targets = np.array([NG, NG, 2, 2] + [NG] * 8)
+    scenes = [SceneSegment(4000, 8000, "walk"), SceneSegment(8000, 12000, "idle")]
+    window = GestureWindow(2000, 4000, 2)
+    res = evaluate_stream_recording(model, "r", _frames(12), targets, [window], 0, RAW, 1, scenes)
+    assert res.scene_steps == {"walk": [4, 1], "idle": [4, 1]}  # class 3 at 6 ms, 5 at 11 ms
+    out = summarize([res, res], class_names=NAMES)
+    assert out["scenes"]["walk"] == {"steps": 8, "gesture_steps": 2, "gesture_rate": 0.25}
+    assert out["scene_steps"] == 8 and out["scene_gesture_rate"] == 0.25  # idle not counted
+    table = format_table(out)
+    assert "a gesture on 25.0 % of 8 steps (walk 25.0 %)" in table
+    no_scenes = evaluate_stream_recording(
+        EvalModel(Path("s"), ScriptedRuntime(classes), NAMES, (4, 4), 1000, 1, 4, None),
+        "r", _frames(12), targets, [window], 0, RAW,
+    )  # fmt: skip
+    assert no_scenes.scene_steps == {} and "scenes" not in summarize([no_scenes])
