@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from smastream.cli import main
 from smastream.errors import FormatError
 from smastream.gestures import NO_GESTURE
@@ -70,13 +68,6 @@ def test_every_named_real_file_is_found_and_read() -> None:
     assert {k: found.get(k) for k in NAMED} == NAMED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the shipped demo model (trained on the old generator) decides a gesture on 21 of "
-    "26 steps of these files; remove this mark when the model retrained on the new "
-    "generator ships (issue 13)",
-)
 def test_shipped_model_decides_almost_no_gesture_on_real_files(tmp_path: Path) -> None:
     over = {}
     for rel in _real_event_files():

@@ -1,16 +1,17 @@
 """``smastream synth``: write a synthetic, labelled gesture recording.
 
-Writes ``OUT`` (AEDAT 4 by default) and ``OUT_labels.csv`` (DVS Gesture label format) from
-:class:`smastream.stream.synthetic.SyntheticGestures`. Both appear under their final names
+Writes ``OUT`` (AEDAT 4 by default), ``OUT_labels.csv`` (DVS Gesture label format) and
+``OUT_scenes.csv`` (what happens between the gestures) from
+:class:`smastream.stream.synthetic.SyntheticGestures`. All appear under their final names
 only when complete: the events go to a hidden temporary file that is renamed at the end, and
 an interrupted run leaves neither.
 
 The demo recording shipped in ``recordings/`` was made with::
 
-    smastream synth recordings/demo.aedat4 --sensor dvs128 --seconds 40 --seed 7 \\
-        --gesture-s 2 3 --gap-s 0.5 1 --threshold 0.3 --noise-hz 0.1 --compression zstd
+    smastream synth recordings/demo.aedat4 --seconds 60 --seed 7 --gesture-s 2 3.5 \\
+        --compression zstd
 
-(574,564 events, 12 gestures covering all 11 classes, 3.1 MB.)
+(439,690 events, 10 gestures of 10 classes between no-gesture scenes, 2.6 MB.)
 
 Seed 7 is reserved for the demo (seeds 7 and 8 for demos in general); training and
 evaluation data must use other seeds.
