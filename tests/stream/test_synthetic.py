@@ -291,8 +291,12 @@ def test_cli_writes_events_and_labels_that_read_back(
     events, labels = small
     out = tmp_path / ("rec.aedat4" if fmt == "aedat4" else "rec.aedat")
     assert _run_cli([str(out), "--format", fmt, *_SMALL_ARGS]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "rec_labels.csv"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([out.name, "rec_labels.csv", "rec_scenes.csv"])
     assert read_labels(labels_path_for(out)).windows == labels
+    from smastream.stream.formats.labels import read_scenes, scenes_path_for
+
+    assert read_scenes(scenes_path_for(out)) == SyntheticGestures(SMALL).scenes
     with open_events(out) as reader:
         assert reader.sensor_size == (64, 48)
         back = np.concatenate(list(reader))
