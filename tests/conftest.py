@@ -40,3 +40,20 @@ def random_events(
     ev["y"] = rng.integers(0, size[1], n)
     ev["p"] = rng.integers(0, 2, n)
     return ev
+
+
+def assert_refused(argv: list[str], capfd: pytest.CaptureFixture[str]) -> str:
+    """Run ``smastream ARGV`` in-process and check it is refused the product's way: a
+    non-zero exit, no traceback, exactly one ``error:`` line (returned)."""
+    from smastream.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse: usage + one error line, exit 2
+        code = exc.code  # type: ignore[assignment]
+    err = capfd.readouterr().err
+    assert code not in (0, None), (argv, err)
+    assert "Traceback" not in err, (argv, err)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, (argv, err)
+    return errors[0]

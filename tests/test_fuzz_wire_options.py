@@ -39,7 +39,7 @@ from smastream.stream.wire import (
     decode_packet,
     encode_packet,
 )
-from tests.conftest import random_events
+from tests.conftest import assert_refused, random_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recordings" / "demo.aedat4"
@@ -334,24 +334,12 @@ EXPLICIT = [
 
 @pytest.mark.parametrize("argv", EXPLICIT, ids=lambda a: " ".join(a[:1] + a[-2:]))
 def test_issue_option_cases_are_one_line_errors(argv: list[str], capfd) -> None:
-    _assert_refused(argv, capfd)
+    assert_refused(argv, capfd)
 
 
 def test_seeded_hostile_option_values_are_one_line_errors(capfd) -> None:
     for argv in _hostile_argv(np.random.default_rng(14), 60):
-        _assert_refused(argv, capfd)
-
-
-def _assert_refused(argv: list[str], capfd: Any) -> None:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse: usage + one error line, exit 2
-        code = exc.code  # type: ignore[assignment]
-    err = capfd.readouterr().err
-    assert code not in (0, None), (argv, err)
-    assert "Traceback" not in err, (argv, err)
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, (argv, err)
+        assert_refused(argv, capfd)
 
 
 def test_model_whose_logits_disagree_with_its_metadata_is_refused_at_open(

@@ -84,21 +84,18 @@ def labels_path_for(recording: str | Path) -> Path:
     return p.with_name(p.stem + "_labels.csv")
 
 
-def read_labels(path: str | Path) -> Labels:
-    """Parse a label CSV.
+def _csv_rows(p: Path, header: tuple[str, ...], what: str) -> Iterator[tuple[int, int, list[str]]]:
+    """``(line number, byte offset, cells)`` of every non-empty row after ``header``.
 
     Raises:
-        FormatError: unreadable file, wrong header, a bad row (with its line and byte
-            offset), a class outside 1..11, or an end not after its start.
+        FormatError: unreadable or non-UTF-8 file, a CSV error, a wrong header, no header.
     """
-    p = Path(path)
     try:
         text = p.read_bytes().decode("utf-8-sig")
     except OSError as exc:
-        raise FormatError(p, 0, f"cannot read label file: {exc.strerror or exc}") from None
+        raise FormatError(p, 0, f"cannot read {what} file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise FormatError(p, exc.start, "label file is not UTF-8 text") from None
-    labels = Labels()
+        raise FormatError(p, exc.start, f"{what} file is not UTF-8 text") from None
     offset = 0
     header_seen = False
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
@@ -113,43 +110,40 @@ def read_labels(path: str | Path) -> Labels:
             raise FormatError(p, row_offset, f"line {lineno}: {exc}") from None
         if not header_seen:
             header_seen = True
-            if tuple(cells) != HEADER:
+            if tuple(cells) != header:
                 raise FormatError(
-                    p, row_offset, f"line {lineno}: header {cells} is not {list(HEADER)}"
+                    p, row_offset, f"line {lineno}: header {cells} is not {list(header)}"
                 )
             continue
-        # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses).
-        if len(cells) != 3 or not all(_INTEGER.fullmatch(c) for c in cells):
-            raise FormatError(p, row_offset, f"line {lineno}: expected 3 integers, got {cells}")
-        cls, start, end = (int(c) for c in cells)
-        if not all(-_INT64 <= v < _INT64 for v in (start, end)):
-            raise FormatError(
-                p, row_offset, f"line {lineno}: time outside the 64-bit range: {cells}"
-            )
-        if not 1 <= cls <= NUM_CLASSES:
-            raise FormatError(p, row_offset, f"line {lineno}: class {cls} outside 1..{NUM_CLASSES}")
-        if end <= start:
-            raise FormatError(p, row_offset, f"line {lineno}: end {end} is not after start {start}")
-        labels.windows.append(GestureWindow(start, end, cls - 1))
+        yield lineno, row_offset, cells
     if not header_seen:
-        raise FormatError(p, 0, "empty label file (no header)")
-    return labels
+        raise FormatError(p, 0, f"empty {what} file (no header)")
 
 
-def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
-    """Write windows as a label CSV (classes written as 1..11), via a temporary file so a
-    crash never leaves a half-written file under the final name."""
+def _times(p: Path, row_offset: int, lineno: int, cells: list[str]) -> tuple[int, int]:
+    """``(start, end)`` from a row's last two cells: 64-bit integers, end after start.
+    ASCII digits only: str.isdigit() also accepts "²" (which int() refuses)."""
+    start, end = (int(c) for c in cells[-2:])
+    if not all(-_INT64 <= v < _INT64 for v in (start, end)):
+        raise FormatError(p, row_offset, f"line {lineno}: time outside the 64-bit range: {cells}")
+    if end <= start:
+        raise FormatError(p, row_offset, f"line {lineno}: end {end} is not after start {start}")
+    return start, end
+
+
+def _write_csv(
+    path: str | Path, header: tuple[str, ...], rows: Iterable[tuple[object, ...]]
+) -> None:
+    """Write ``header`` and ``rows`` via a temporary file, so a crash never leaves a
+    half-written file under the final name."""
     p = Path(path)
     tmp = p.with_name(p.name + ".part")
     done = False
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(HEADER)
-            for win in windows:
-                if not 0 <= win.label < NUM_CLASSES:
-                    raise ValueError(f"label {win.label} outside 0..{NUM_CLASSES - 1}")
-                w.writerow((win.label + 1, win.start_us, win.end_us))
+            w.writerow(header)
+            w.writerows(rows)
         tmp.replace(p)
         done = True
     except OSError as exc:
@@ -157,6 +151,37 @@ def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
     finally:
         if not done:
             tmp.unlink(missing_ok=True)
+
+
+def read_labels(path: str | Path) -> Labels:
+    """Parse a label CSV.
+
+    Raises:
+        FormatError: unreadable file, wrong header, a bad row (with its line and byte
+            offset), a class outside 1..11, or an end not after its start.
+    """
+    p = Path(path)
+    labels = Labels()
+    for lineno, row_offset, cells in _csv_rows(p, HEADER, "label"):
+        if len(cells) != 3 or not all(_INTEGER.fullmatch(c) for c in cells):
+            raise FormatError(p, row_offset, f"line {lineno}: expected 3 integers, got {cells}")
+        start, end = _times(p, row_offset, lineno, cells)
+        cls = int(cells[0])
+        if not 1 <= cls <= NUM_CLASSES:
+            raise FormatError(p, row_offset, f"line {lineno}: class {cls} outside 1..{NUM_CLASSES}")
+        labels.windows.append(GestureWindow(start, end, cls - 1))
+    return labels
+
+
+def write_labels(path: str | Path, windows: Iterable[GestureWindow]) -> None:
+    """Write windows as a label CSV (classes written as 1..11), via a temporary file so a
+    crash never leaves a half-written file under the final name."""
+    rows = []
+    for win in windows:
+        if not 0 <= win.label < NUM_CLASSES:
+            raise ValueError(f"label {win.label} outside 0..{NUM_CLASSES - 1}")
+        rows.append((win.label + 1, win.start_us, win.end_us))
+    _write_csv(path, HEADER, rows)
 
 
 @dataclass(frozen=True)
@@ -176,22 +201,7 @@ def scenes_path_for(recording: str | Path) -> Path:
 
 def write_scenes(path: str | Path, segments: Iterable[SceneSegment]) -> None:
     """Write scene segments as ``scene,startTime_usec,endTime_usec`` (via a temporary file)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".part")
-    done = False
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(SCENE_HEADER)
-            for seg in segments:
-                w.writerow((seg.name, seg.start_us, seg.end_us))
-        tmp.replace(p)
-        done = True
-    except OSError as exc:
-        raise WriteError(p, exc) from None
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
+    _write_csv(path, SCENE_HEADER, [(seg.name, seg.start_us, seg.end_us) for seg in segments])
 
 
 def read_scenes(path: str | Path) -> list[SceneSegment]:
@@ -201,40 +211,16 @@ def read_scenes(path: str | Path) -> list[SceneSegment]:
         FormatError: unreadable file, wrong header or a bad row (line and byte offset).
     """
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise FormatError(p, 0, f"cannot read scene file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise FormatError(p, exc.start, "scene file is not UTF-8 text") from None
     out: list[SceneSegment] = []
-    offset = 0
-    header_seen = False
-    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
-        row_offset = offset
-        offset += len(line.encode("utf-8"))
-        cells = [c.strip() for c in line.strip().split(",")] if line.strip() else []
-        if not cells:
-            continue
-        if not header_seen:
-            header_seen = True
-            if tuple(cells) != SCENE_HEADER:
-                raise FormatError(
-                    p, row_offset, f"line {lineno}: header {cells} is not {list(SCENE_HEADER)}"
-                )
-            continue
+    for lineno, row_offset, cells in _csv_rows(p, SCENE_HEADER, "scene"):
         if (
             len(cells) != 3
             or not _SCENE_NAME.fullmatch(cells[0])
-            or not all(_INTEGER.fullmatch(c) and abs(int(c)) < _INT64 for c in cells[1:])
+            or not all(_INTEGER.fullmatch(c) for c in cells[1:])
         ):
             raise FormatError(
                 p, row_offset, f"line {lineno}: expected a scene name and 2 integers, got {cells}"
             )
-        start, end = int(cells[1]), int(cells[2])
-        if end <= start:
-            raise FormatError(p, row_offset, f"line {lineno}: end {end} is not after start {start}")
+        start, end = _times(p, row_offset, lineno, cells)
         out.append(SceneSegment(start, end, cells[0]))
-    if not header_seen:
-        raise FormatError(p, 0, "empty scene file (no header)")
     return out
