@@ -70,9 +70,9 @@ class TrainConfig:
         warmup_steps: Linear warm-up steps before the cosine decay.
         grad_clip: Max gradient norm (0: off).
         seed: Seed of every random choice (weights, shuffles, dropout).
-        loss: ``"mse"`` (the paper's: MSE of mean logits vs one-hot), ``"tet"``, ``"ce"``
-            (per-step cross-entropy, stream only), or ``"auto"`` (mse for clip, ce for
-            stream).
+        loss: ``"mse"`` (the paper's: MSE of mean logits vs one-hot) or ``"tet"``, clip
+            only; ``"ce"`` (per-step cross-entropy), stream only; or ``"auto"`` (mse for
+            clip, ce for stream).
         azo, azo_rtr, azo_rcr: Attention ZoneOut and its ratios (paper: on, 4, 10).
         temporal: SMA temporal attention; ``None``: ``"paper"`` for clip, ``"causal"``
             for stream.
@@ -156,8 +156,11 @@ class TrainConfig:
                 "temporal='paper' looks at future steps and cannot stream: "
                 "use temporal='causal' with protocol='stream'"
             )
-        if self.protocol == "stream" and self.resolved_loss == "mse":
-            raise ValueError("loss='mse' is the clip protocol's; stream uses 'ce' or 'tet'")
+        if self.protocol == "stream" and self.resolved_loss != "ce":
+            raise ValueError(
+                f"loss={self.resolved_loss!r} is the clip protocol's; stream trains per-step "
+                "cross-entropy ('ce')"
+            )
         if self.protocol == "clip" and self.resolved_loss == "ce":
             raise ValueError("loss='ce' is per-step (stream); clip uses 'mse' or 'tet'")
         for name in (

@@ -1042,7 +1042,14 @@ def train(
     model.eval()
     exported: list[Path] = []
     if run is not None and cfg.backend != "none" and history:
-        exported = export_run(run.checkpoint_to_export(), out, cfg.backend)
+        if model.config.temporal == "causal":
+            exported = export_run(run.checkpoint_to_export(), out, cfg.backend)
+        else:  # the checkpoints are the result; a failing export would end the run with 1
+            print(
+                "export skipped: a temporal='paper' network has no streaming form "
+                "(evaluate the checkpoint with smastream evaluate)",
+                file=sys.stderr,
+            )
     if dist_.world > 1:
         torch.distributed.destroy_process_group()
     return TrainResult(history, out / "last.pt", out / "best.pt", exported, model, losses)

@@ -39,7 +39,7 @@ _HELP = {
     "warmup_steps": "linear warm-up steps",
     "grad_clip": "max gradient norm (0: off)",
     "seed": "seed of every random choice",
-    "loss": "auto | mse (clip, paper) | tet | ce (stream)",
+    "loss": "auto | mse (clip, paper) | tet (clip) | ce (stream)",
     "azo_rtr": "AZO reduced-time ratio RTR",
     "azo_rcr": "AZO reduced-channel ratio RCR",
     "temporal": "SMA temporal attention: paper (clip only) or causal",

@@ -349,3 +349,20 @@ def test_augmented_training_plays_a_copy_per_epoch(tmp_path: Path, cache: Path) 
             seeds.add(note["seed"])
             assert note["events_out"] != note["events_in"]
     assert {cfg.seed * 1000, cfg.seed * 1000 + 1} <= seeds  # both copies were binned
+
+
+def test_stream_refuses_a_clip_loss_instead_of_ignoring_it() -> None:
+    # the stream protocol trains per-step cross-entropy; --loss tet/mse used to be ignored
+    for loss in ("tet", "mse"):
+        with pytest.raises(ValueError, match="stream trains per-step cross-entropy"):
+            TrainConfig(protocol="stream", loss=loss)
+    assert TrainConfig(protocol="stream", loss="ce").resolved_loss == "ce"
+
+
+def test_clip_training_with_an_onnx_backend_skips_the_export_and_succeeds(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny(tmp_path, cache, protocol="clip", epochs=1, batch_size=1, backend="onnx")
+    result = train(cfg)  # used to end with a SmastreamError after the checkpoints
+    assert result.exported == [] and (Path(cfg.out) / "best.pt").is_file()
+    assert "export skipped: a temporal='paper' network" in capsys.readouterr().err
