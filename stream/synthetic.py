@@ -273,16 +273,12 @@ def _scene_targets(
         return None, None, off, head
     if name in ("walk", "leave_empty"):
         dist = (0.25 + 0.35 * e[1]) if name == "walk" else 1.15
-        go = _smoothstep(s / (dur * 0.4)) * _smoothstep((dur - s) / (dur * 0.4))
+        go = _envelope(s, dur, dur * 0.4)
         off[:, 0] = side * dist * go
         off[:, 1] = 0.012 * np.abs(np.sin(tau * (1.6 + 0.4 * e[2]) * s)) * (go > 0.02)
         return None, None, off, head
     if name == "sit_stand":
-        off[:, 1] = (
-            (0.2 + 0.25 * e[1])
-            * _smoothstep(s / (dur * 0.35))
-            * _smoothstep((dur - s) / (dur * 0.35))
-        )
+        off[:, 1] = (0.2 + 0.25 * e[1]) * _envelope(s, dur, dur * 0.35)
         return None, None, off, head
     if name == "head_turn":
         head[:] = (0.015 + 0.02 * e[1]) * np.sin(tau * (0.3 + 0.4 * e[2]) * s) * side
@@ -314,12 +310,12 @@ def _camera_shift(name: str, s: FloatArray, dur: float, e: FloatArray) -> FloatA
     if name == "shake":
         f1, f2 = 5.0 + 6.0 * e[1], 4.0 + 5.0 * e[2]
         amp = 0.006 + 0.014 * e[3]
-        env = _smoothstep(s / min(0.3, dur / 4)) * _smoothstep((dur - s) / min(0.3, dur / 4))
+        env = _envelope(s, dur, min(0.3, dur / 4))
         out[:, 0] = env * amp * np.sin(tau * f1 * s + tau * e[4])
         out[:, 1] = env * amp * np.sin(tau * f2 * s + tau * e[5])
     elif name == "pan":
         side = -1.0 if e[0] < 0.5 else 1.0
-        go = _smoothstep(s / (dur * 0.4)) * _smoothstep((dur - s) / (dur * 0.4))
+        go = _envelope(s, dur, dur * 0.4)
         out[:, 0] = side * (0.08 + 0.14 * e[1]) * go
         out[:, 1] = (e[2] - 0.5) * 0.06 * go
     return out
@@ -328,6 +324,11 @@ def _camera_shift(name: str, s: FloatArray, dur: float, e: FloatArray) -> FloatA
 def _smoothstep(z: FloatArray) -> FloatArray:
     z = np.clip(z, 0.0, 1.0)
     return z * z * (3.0 - 2.0 * z)
+
+
+def _envelope(s: FloatArray, dur: float, ramp: float) -> FloatArray:
+    """0 at both ends of a stretch of ``dur`` seconds, 1 inside: smoothsteps of ``ramp`` s."""
+    return _smoothstep(s / ramp) * _smoothstep((dur - s) / ramp)
 
 
 def _rest_hands() -> tuple[FloatArray, FloatArray]:
@@ -1066,7 +1067,7 @@ class SyntheticGestures:
             s = (t[m] - g.window.start_us) / 1e6
             dur = g.window.duration_us / 1e6
             ramp = min(0.3, dur / 4)
-            env = (_smoothstep(s / ramp) * _smoothstep((dur - s) / ramp))[:, None]
+            env = _envelope(s, dur, ramp)[:, None]
             r, left, br, bl, off = _gesture_targets(g.window.label, s, g)
             hand_r[m] = rest_r + env * (r - rest_r)
             hand_l[m] = rest_l + env * (left - rest_l)
@@ -1074,15 +1075,8 @@ class SyntheticGestures:
             bend_l[m] = bl
             offset[m] = env * off
         head_dx = np.zeros(n)
-        for sc in self._scenes:
-            a, b = sc.segment.start_us, sc.segment.end_us
-            m = (t >= a) & (t < b)
-            if not m.any():
-                continue
-            s = (t[m] - a) / 1e6
-            dur = (b - a) / 1e6
-            ramp = min(0.4, dur / 4)
-            env = (_smoothstep(s / ramp) * _smoothstep((dur - s) / ramp))[:, None]
+        for sc, m, s, dur in self._scene_times(t):
+            env = _envelope(s, dur, min(0.4, dur / 4))[:, None]
             sr, sl, off, head = _scene_targets(sc.segment.name, s, dur, sc.extra)
             if sr is not None:
                 hand_r[m] = rest_r + env * (sr - rest_r)
@@ -1106,18 +1100,11 @@ class SyntheticGestures:
         caps = np.zeros((n, N_PARTS, 5))
         caps[:, :, 0:4] = _OFF
         caps[:, :N_BODY] = body
-        for sc in self._scenes:
-            a, b = sc.segment.start_us, sc.segment.end_us
-            m = (t >= a) & (t < b)
-            if sc.segment.name not in ("pass_behind", "reach_object") or not m.any():
-                continue
-            s = (t[m] - a) / 1e6
-            dur = (b - a) / 1e6
+        for sc, m, s, dur in self._scene_times(t, ("pass_behind", "reach_object")):
             if sc.segment.name == "pass_behind":
                 caps[m, _P2] = self._passer(s, dur, sc.extra)
             else:  # the object sits in the moving hand, grown in and out with the reach
-                ramp = min(0.4, dur / 4)
-                env = _smoothstep(s / ramp) * _smoothstep((dur - s) / ramp)
+                env = _envelope(s, dur, min(0.4, dur / 4))
                 k = 8 if sc.extra[0] < 0.5 else 11
                 hand = caps[m, k, 0:2]
                 d = caps[m, k, 2:4] - hand
@@ -1173,35 +1160,32 @@ class SyntheticGestures:
         """The camera's image shift ``[n, 2]`` in pixels at recording times ``t``."""
         out = np.zeros((t.shape[0], 2))
         side = min(self.config.sensor_size)
-        for sc in self._scenes:
-            if sc.segment.name not in ("shake", "pan"):
-                continue
-            a, b = sc.segment.start_us, sc.segment.end_us
-            m = (t >= a) & (t < b)
-            if m.any():
-                out[m] = side * _camera_shift(
-                    sc.segment.name, (t[m] - a) / 1e6, (b - a) / 1e6, sc.extra
-                )
+        for sc, m, s, dur in self._scene_times(t, ("shake", "pan")):
+            out[m] = side * _camera_shift(sc.segment.name, s, dur, sc.extra)
         return out
 
     def _log_gain(self, t: npt.NDArray[np.int64]) -> FloatArray:
         """Log illumination ``[n]`` at recording times ``t``: 0, or lamp flicker."""
         out = np.zeros(t.shape[0])
+        for sc, m, s, dur in self._scene_times(t, ("flicker",)):
+            env = _envelope(s, dur, min(0.3, dur / 4))
+            depth = 0.03 + 0.1 * sc.extra[1]
+            hz = 100.0 if sc.extra[2] < 0.5 else 120.0
+            out[m] = np.log1p(env * depth * np.cos(2.0 * math.pi * hz * (t[m] / 1e6)))
+        return out
+
+    def _scene_times(
+        self, t: npt.NDArray[np.int64], names: tuple[str, ...] | None = None
+    ) -> Iterator[tuple[_Scene, npt.NDArray[np.bool_], FloatArray, float]]:
+        """``(scene, mask of t inside it, seconds into it, its duration)`` for each scene
+        (of ``names``, or all) that ``t`` (recording times) reaches."""
         for sc in self._scenes:
-            if sc.segment.name != "flicker":
+            if names is not None and sc.segment.name not in names:
                 continue
             a, b = sc.segment.start_us, sc.segment.end_us
             m = (t >= a) & (t < b)
             if m.any():
-                s = (t[m] - a) / 1e6
-                dur = (b - a) / 1e6
-                env = _smoothstep(s / min(0.3, dur / 4)) * _smoothstep(
-                    (dur - s) / min(0.3, dur / 4)
-                )
-                depth = 0.03 + 0.1 * sc.extra[1]
-                hz = 100.0 if sc.extra[2] < 0.5 else 120.0
-                out[m] = np.log1p(env * depth * np.cos(2.0 * math.pi * hz * (t[m] / 1e6)))
-        return out
+                yield sc, m, (t[m] - a) / 1e6, (b - a) / 1e6
 
     def render(self, t_us: int) -> npt.NDArray[np.float32]:
         """The scene intensity image ``[H, W]`` at recording time ``t_us`` (for inspection)."""
