@@ -394,6 +394,11 @@ class Decider:
 # Streaming metrics
 
 
+SINCE_ONSET_EDGES_MS: tuple[float, ...] = (0, 100, 200, 300, 400, 600, 1000, 2000, math.inf)
+"""Spans of time since a gesture's onset (ms) over which :attr:`StreamMetrics.since_onset`
+counts steps: a decision at ``d`` ms is in span ``k`` when ``edges[k] < d <= edges[k+1]``."""
+
+
 @dataclass(frozen=True)
 class StreamMetrics:
     """How a run of decisions scores against labelled gesture windows.
@@ -415,6 +420,9 @@ class StreamMetrics:
         mean_onset_ms: Mean of the onsets found (NaN when none).
         n_idle_steps: Decisions outside every window.
         n_false_idle: Of those, the ones whose label is not ``None``.
+        since_onset: Per span of :data:`SINCE_ONSET_EDGES_MS` (time from the window
+            start to the decision), ``(steps, correct steps)`` summed over the windows:
+            where in a gesture the in-window accuracy is won or lost.
     """
 
     n_steps: int
@@ -426,6 +434,7 @@ class StreamMetrics:
     mean_onset_ms: float
     n_idle_steps: int
     n_false_idle: int
+    since_onset: tuple[tuple[int, int], ...] = ()
 
     @property
     def false_idle_rate(self) -> float:
@@ -471,12 +480,18 @@ def stream_metrics(
     inside = np.zeros(n, dtype=bool)
     correct = np.zeros(n, dtype=bool)
     onsets: list[float | None] = []
+    edges = np.asarray(SINCE_ONSET_EDGES_MS, dtype=np.float64)
+    span_steps = np.zeros(edges.size - 1, dtype=np.int64)
+    span_ok = np.zeros(edges.size - 1, dtype=np.int64)
     for w in wins:
         i0 = int(np.searchsorted(t, w.start_us, side="right"))
         i1 = int(np.searchsorted(t, w.end_us, side="right"))
         inside[i0:i1] = True
         ok = lab[i0:i1] == w.label
         correct[i0:i1] |= ok
+        span = np.searchsorted(edges, (t[i0:i1] - w.start_us) / 1e3, side="left") - 1
+        np.add.at(span_steps, span, 1)
+        np.add.at(span_ok, span, ok.astype(np.int64))
         onset: float | None = None
         if ok.size >= stable_steps:
             runs = np.convolve(ok.astype(np.int64), np.ones(stable_steps, np.int64), "valid")
@@ -498,4 +513,5 @@ def stream_metrics(
         mean_onset_ms=float(np.mean(found)) if found else math.nan,
         n_idle_steps=int(idle.sum()),
         n_false_idle=int((idle & (lab >= 0)).sum()),
+        since_onset=tuple(zip(span_steps.tolist(), span_ok.tolist(), strict=True)),
     )

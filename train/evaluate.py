@@ -52,6 +52,7 @@ from smastream.engine.torch_runtime import with_flush_denormal
 from smastream.errors import ConfigError, FormatError, SmastreamError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES, STREAM_CLASS_NAMES, no_gesture_index
 from smastream.stream.decision import (
+    SINCE_ONSET_EDGES_MS,
     Decider,
     DecisionConfig,
     StreamMetrics,
@@ -432,6 +433,7 @@ def summarize(
             false_idle_per_min=_nan_to_none(n_false / (idle_s / 60) if idle_s else math.nan),
             idle_resets=sum(r.idle_resets for r in results),
             stream_confusion=conf.tolist(),
+            accuracy_since_onset=_since_onset(results),
         )
         scenes: dict[str, list[int]] = {}
         for r in results:
@@ -481,6 +483,27 @@ def summarize(
     return out
 
 
+def _since_onset(results: Sequence[RecordingResult]) -> list[dict[str, Any]]:
+    """In-window step accuracy per span of time since the gesture's onset
+    (:data:`~smastream.stream.decision.SINCE_ONSET_EDGES_MS`), over all recordings."""
+    edges = SINCE_ONSET_EDGES_MS
+    steps = np.zeros(len(edges) - 1, dtype=np.int64)
+    ok = np.zeros(len(edges) - 1, dtype=np.int64)
+    for r in results:
+        if r.metrics.since_onset:
+            steps += np.array([a for a, _ in r.metrics.since_onset], dtype=np.int64)
+            ok += np.array([b for _, b in r.metrics.since_onset], dtype=np.int64)
+    return [
+        {
+            "from_ms": edges[k],
+            "to_ms": None if math.isinf(edges[k + 1]) else edges[k + 1],
+            "steps": int(steps[k]),
+            "accuracy": _nan_to_none(ok[k] / steps[k] if steps[k] else math.nan),
+        }
+        for k in range(len(edges) - 1)
+    ]
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """A human-readable report: headline numbers and the per-class table."""
 
@@ -512,6 +535,12 @@ def format_table(summary: dict[str, Any]) -> str:
             )
             + ")"
         )
+    if summary.get("accuracy_since_onset"):
+        spans = []
+        for row in summary["accuracy_since_onset"]:
+            end = "" if row["to_ms"] is None else f"{row['to_ms']:.0f}"
+            spans.append(f"{row['from_ms']:.0f}-{end} ms {f(row['accuracy'], True)}")
+        lines.append("accuracy since onset:     " + ", ".join(spans))
     lines += [
         "",
         f"{'class':<28} {'windows':>7} {'stream':>8} {'detected':>8} {'onset p50':>10} "
@@ -682,6 +711,7 @@ TUNING_GRID: dict[str, tuple[float, ...]] = {
     "hold_steps": (1, 2, 3, 4),
     "min_confidence": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "switch_margin": (0.0, 0.05, 0.1),
+    "quiet_events_per_s": (0.0, 500.0, 1000.0, 2000.0, 5000.0),
 }
 
 
@@ -696,7 +726,8 @@ def tune_decision_defaults(
 
     The engine runs once per recording (logits kept; the decider's idle resets of the
     engine are not replayed, they happen after 2 s of quiet only); then every point of
-    :data:`TUNING_GRID` decides the kept logits through :meth:`Decider.decide_window`.
+    :data:`TUNING_GRID` decides the kept logits (and events per bin, the frames' sums, as
+    :meth:`Decider.decide_window` counts them) through :meth:`Decider.update`.
     Chosen: the lowest median onset among the points with step accuracy
     ``>= min_accuracy`` and false-idle rate ``<= max_false_idle``; if none reaches that
     accuracy, the most accurate point within the false-idle bound (a gesture shown when
@@ -740,19 +771,19 @@ def tune_decision_defaults(
             logits = np.concatenate(
                 [model.runtime.step(np.ascontiguousarray(full[i : i + s])) for i in range(0, n, s)]
             )[:n]
-            kept.append((frames, logits, sds.t0_us[r], read_labels(rec.labels).windows))
+            # Events per bin as Decider.decide_window counts them (the frames' sums), kept
+            # instead of the frames: every grid point then decides a whole recording in
+            # one Decider.update call (the same per-step loop; 3x faster than per step).
+            counts = frames.reshape(n, -1).sum(axis=1)
+            kept.append((counts, logits, sds.t0_us[r], read_labels(rec.labels).windows))
 
     def score(cfg: DecisionConfig) -> dict[str, float]:
         steps = correct = idle = false_idle = 0
         onsets: list[float] = []
-        for frames, logits, t0, windows in kept:
+        for counts, logits, t0, windows in kept:
             decider = Decider(cfg, len(model.class_names), model.class_names)
             pairs = [
-                (d.t_bin_end_us, d.label)
-                for i in range(frames.shape[0])
-                for d in decider.decide_window(
-                    logits[i : i + 1], frames[i : i + 1], t0 + i * model.bin_us, model.bin_us
-                )
+                (d.t_bin_end_us, d.label) for d in decider.update(logits, counts, t0, model.bin_us)
             ]
             m = stream_metrics(pairs, windows)
             steps += m.n_window_steps

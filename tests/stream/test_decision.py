@@ -11,6 +11,7 @@ import pytest
 from smastream.gestures import CLASS_NAMES
 from smastream.stream.decision import (
     NO_GESTURE,
+    SINCE_ONSET_EDGES_MS,
     Decider,
     DecisionConfig,
     HysteresisState,
@@ -268,6 +269,24 @@ def test_stream_metrics_boundaries_and_empty() -> None:
         stream_metrics([(20, 0), (10, 0)], w)
     with pytest.raises(ValueError, match="stable_steps=0"):
         stream_metrics([], w, stable_steps=0)
+
+
+def test_stream_metrics_counts_steps_by_time_since_onset() -> None:
+    # One 2.5 s window of class 3 from t = 1 s, a decision every 50 ms; correct only from
+    # 300 ms on (bins ending at 350, 400, ... ms), so the spans up to 300 ms have 0 correct.
+    start = 1_000_000
+    w = [GestureWindow(start, start + 2_500_000, 3)]
+    t = np.arange(start - 200_000, start + 2_700_000, 50_000) + 50_000
+    decisions = [(int(x), 3 if x - start > 300_000 else None) for x in t]
+    m = stream_metrics(decisions, w)
+    assert len(m.since_onset) == len(SINCE_ONSET_EDGES_MS) - 1
+    steps = [a for a, _ in m.since_onset]
+    ok = [b for _, b in m.since_onset]
+    # spans (0,100] (100,200] (200,300] (300,400] (400,600] (600,1000] (1000,2000] (2000,inf)
+    assert steps == [2, 2, 2, 2, 4, 8, 20, 10]
+    assert ok == [0, 0, 0, 2, 4, 8, 20, 10]
+    assert sum(steps) == m.n_window_steps and sum(ok) == m.n_correct_steps
+    assert stream_metrics([], w).since_onset == ((0, 0),) * (len(SINCE_ONSET_EDGES_MS) - 1)
 
 
 def test_decider_output_feeds_stream_metrics() -> None:
