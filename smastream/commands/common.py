@@ -251,6 +251,11 @@ _DECISION_FLAGS: dict[str, tuple[Any, str]] = {
     "hold_steps": (positive_int, "steps a new label must win before it shows"),
     "smooth_ms": (finite_float, "probability smoothing time constant, ms"),
     "switch_margin": (finite_float, "lead a new gesture needs over the shown one"),
+    "quiet_events_per_s": (
+        finite_float,
+        "smoothed events/s in the model's input below which the scene is quiet (no gesture; "
+        "the state resets after 2 s of it); 0 turns the gate off",
+    ),
 }
 
 

@@ -429,7 +429,8 @@ def test_replay_of_the_demo_with_the_shipped_model_scores_as_evaluate_does(
 def test_decision_flags_reach_the_pipeline(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No smoothing, no hold, no threshold, no margin: the shown label is the raw argmax."""
+    """No smoothing, no hold, no threshold, no margin, no quiet gate: the shown label is the
+    raw argmax on every step."""
     raw, smoothed = tmp_path / "raw.jsonl", tmp_path / "smoothed.jsonl"
     common = ["replay", str(DEMO), "--as-fast-as-possible", "--no-display", "--seconds", "8"]
     flags = [
@@ -441,11 +442,13 @@ def test_decision_flags_reach_the_pipeline(
         "0",
         "--switch-margin",
         "0",
+        "--quiet-events-per-s",
+        "0",
     ]
     assert main([*common, *flags, "--predictions", str(raw)]) == 0
     assert main([*common, "--predictions", str(smoothed)]) == 0
-    records = [r for r in _lines(raw) if not r["quiet"]]
-    assert len(records) > 40
+    records = _lines(raw)
+    assert len(records) > 40 and not any(r["quiet"] for r in records)
     assert all(r["label"] == (None if r["raw_label"] == 11 else r["raw_label"]) for r in records)
     default = [r for r in _lines(smoothed) if not r["quiet"]]
     assert any(r["label"] != (None if r["raw_label"] == 11 else r["raw_label"]) for r in default)
@@ -453,6 +456,9 @@ def test_decision_flags_reach_the_pipeline(
     assert main([*common, "--min-confidence", "1.5"]) == 1
     err = capsys.readouterr().err.strip()
     assert "min_confidence=1.5" in err and "\n" not in err
+    assert main([*common, "--quiet-events-per-s", "-1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "quiet_events_per_s=-1" in err and "\n" not in err
 
 
 # -- issue 12 / issue 11 items 3, 8, 9, 19 -----------------------------------------------
