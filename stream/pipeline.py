@@ -28,6 +28,7 @@ idle timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import json
 import math
@@ -760,10 +761,13 @@ class Pipeline:
             threading.Thread(target=self._infer, name="infer", daemon=True),
         ]
         self._display_on = display is not None
-        for t in threads:
-            t.start()
         frames_done = display is None
         try:
+            # started inside the try: a signal while start() waits for a thread must still
+            # stop and join the ones already running (else they outlive main, inside the
+            # runtime's C++ code, and the interpreter's exit aborts the process)
+            for t in threads:
+                t.start()
             while True:
                 if frames_done:  # no display, or every frame shown: wait for the engine
                     threads[1].join(timeout=0.05)
@@ -790,7 +794,7 @@ class Pipeline:
             self.windows.close()
             self.display_frames.close()
             for t in threads:
-                t.join(timeout=10)
+                _join_started(t, timeout_s=10)
             s = self.stats
             s.wall_s = time.perf_counter() - start
             s.dropped_windows = self.windows.dropped
@@ -800,6 +804,22 @@ class Pipeline:
         if self.error is not None:
             raise self.error
         return self.stats
+
+
+def _join_started(thread: threading.Thread, timeout_s: float) -> None:
+    """``thread.join(timeout_s)``, also for a thread whose ``start()`` a signal interrupted:
+    it may still be about to run (``join`` refuses it until it has), or never will: it is
+    given a second to show up."""
+    now = time.monotonic()
+    deadline, show_up = now + timeout_s, now + min(1.0, timeout_s)
+    while True:
+        try:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            return
+        except RuntimeError:  # "cannot join thread before it is started"
+            if time.monotonic() >= show_up:
+                return
+            time.sleep(0.01)
 
 
 def score_line(decisions: list[tuple[int, int | None]], labels_path: Path) -> str:
@@ -891,7 +911,15 @@ class OverlayDisplay:
             self.scale = auto_scale(h, w)
         if self.video is not None and self.sink is None:
             size = overlay_size(h, w, self.scale, len(self.short_names))
-            self.sink = VideoSink(self.video, size, fps=self.fps)
+            try:
+                self.sink = VideoSink(self.video, size, fps=self.fps)
+            except KeyboardInterrupt:
+                # A signal during OpenCV's open lands once the constructor returns: the
+                # writer is dropped before it is stored and finishes a file with no frame
+                # (258 bytes that no player opens). Leave no file rather than that one.
+                with contextlib.suppress(OSError):
+                    Path(self.video).unlink(missing_ok=True)
+                raise
 
     def __call__(self, frame: DisplayFrame, pipeline: Pipeline) -> bool:
         from smastream.stream.overlay import render_overlay, sensor_frame

@@ -488,3 +488,38 @@ def test_a_video_closed_before_its_first_frame_still_opens(tmp_path: Path) -> No
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape == (120, 160, 3)
+
+
+def test_a_signal_while_the_video_opens_leaves_no_unplayable_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real SIGINT that comes while OpenCV opens the writer: Python raises it the moment
+    the constructor returns, and the dropped writer finished a file with no frame (the
+    258 bytes of the issue). No file, or one that opens."""
+    import ctypes
+    import functools
+    import operator
+
+    from smastream.stream.pipeline import OverlayDisplay
+
+    real = cv2.VideoWriter
+    kill = functools.partial(ctypes.CDLL(None).kill, os.getpid(), int(signal.SIGINT))
+
+    class Interrupted:  # open, then the signal, from C: no bytecode in between
+        fourcc = staticmethod(real.fourcc)
+
+        def __new__(cls, *args: Any) -> Any:
+            writer, _ = map(operator.call, [functools.partial(real, *args), kill])
+            return writer
+
+    monkeypatch.setattr(cv2, "VideoWriter", Interrupted)
+    video = tmp_path / "out.mp4"
+    display = OverlayDisplay(window=False, video=video, fps=20.0)
+    with pytest.raises(KeyboardInterrupt):
+        display._open_sink(SENSOR)
+    assert display.sink is None
+    if video.exists():
+        cap = cv2.VideoCapture(str(video))
+        ok = cap.read()[0]
+        cap.release()
+        assert ok, f"{video} ({video.stat().st_size} bytes) does not open"
