@@ -67,19 +67,22 @@ class DecisionConfig:
         idle_reset_s: Continuous quiet, in seconds of sensor time, after which the
             decision asks the caller to reset the engine state. ``None`` never asks.
 
-    The defaults (150 ms, 0.3, hold 1, margin 0) were chosen for per-bin decisions with the
-    shipped demo model on six tuning recordings of the extended generator (seeds
-    12000-12005, in no training, evaluation or demo set; ``python -m
-    smastream.train.evaluate --max-false-idle 0.05``): 59.1 % of in-window steps correct,
-    median onset 380 ms, 3.5 % of idle steps with a gesture shown, against 57.9 %, 374 ms
-    and 3.4 % for the earlier 100 ms / margin 0.05 (README, "Demo model").
+    The defaults (100 ms, threshold 0.5, hold 1, margin 0.1, quiet gate off) were chosen
+    for per-bin decisions with the shipped demo model on six tuning recordings of the
+    extended generator (seeds 12000-12005, in no training, evaluation or demo set;
+    ``python -m smastream.train.evaluate --max-false-idle 0.03``, which also searches the
+    quiet gate): 77.7 % of in-window steps correct, median onset 386 ms, 2.3 % of idle steps
+    with a gesture shown, against 64.5 %, 354 ms and 4.0 % for the earlier 150 ms / 0.3 /
+    margin 0 / quiet below 5000 events/s, whose quiet gate alone silenced about a quarter
+    of the gesture steps (README, "Demo model"). With the gate off the idle reset of the
+    state never fires; set ``quiet_events_per_s`` to bring it back.
     """
 
-    smooth_ms: float = 150.0
-    min_confidence: float = 0.3
-    quiet_events_per_s: float = 5_000.0
+    smooth_ms: float = 100.0
+    min_confidence: float = 0.5
+    quiet_events_per_s: float = 0.0
     hold_steps: int = 1
-    switch_margin: float = 0.0
+    switch_margin: float = 0.1
     idle_reset_s: float | None = 2.0
 
     def __post_init__(self) -> None:

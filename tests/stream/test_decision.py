@@ -167,7 +167,7 @@ def test_reset_clears_smoothing_and_hysteresis() -> None:
 
 
 def test_idle_timeout_signals_reset_once_per_quiet_spell() -> None:
-    cfg = sharp(idle_reset_s=0.05, hold_steps=1)  # 5 bins of 10 ms
+    cfg = sharp(idle_reset_s=0.05, hold_steps=1, quiet_events_per_s=5_000.0)  # 5 bins of 10 ms
     d = Decider(cfg)
     run(d, [1, 1])
     out = run(d, [1] * 12, counts=0, t0=2 * BIN_US)

@@ -243,21 +243,22 @@ def test_shipped_demo_model_holds_its_measured_level_on_the_held_out_demo_record
     """The README's evaluation command on the demo recording (seed 7, never used in training:
     seeds 4000-4063, validation 14000-14001, tuning 12000-12005).
 
-    A regression guard at the level the shipped model measured (42.0 % of in-window steps,
-    9 of 10 gestures, onset p50 428 ms, a gesture on 2.5 % of idle steps and 4.0 % of the
-    no-gesture scenes' steps), not issue 6's targets (>= 90 %, every gesture, <= 500 ms),
-    which the model trained on the extended generator misses (README, "Demo model")."""
+    A regression guard at the level the shipped model measured with its decision defaults
+    (78.3 % of in-window steps, 10 of 10 gestures, onset p50 333 ms, a gesture on 4.0 % of
+    idle steps and 6.3 % of the no-gesture scenes' steps: reaching for an object, 13.7 %),
+    not issue 6's targets (>= 90 %, every gesture, <= 500 ms) nor issue 13's 3 % in
+    no-gesture scenes, which this recording misses (README, "Demo model")."""
     repo = Path(__file__).resolve().parents[2]
     out = evaluate(
         repo / "engine" / "models" / "demo.onnx",
         str(repo / "recordings" / "demo.aedat4"),
         EvalOptions(clip=False),
     )
-    assert out["windows"] == 10 and out["windows_detected"] >= 9
-    assert out["stream_accuracy"] >= 0.40
-    assert out["onset_to_decision_ms_p50"] <= 500
+    assert out["windows"] == 10 and out["windows_detected"] == 10
+    assert out["stream_accuracy"] >= 0.75
+    assert out["onset_to_decision_ms_p50"] <= 400
     assert out["false_idle_rate"] <= 0.05  # nobody gestures: "no gesture" is shown
-    assert out["scene_gesture_rate"] <= 0.05  # the demo's _scenes.csv is read
+    assert out["scene_gesture_rate"] <= 0.07  # the demo's _scenes.csv is read
     assert out["decision"] == vars(DecisionConfig())  # the live defaults
 
 
