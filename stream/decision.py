@@ -233,6 +233,13 @@ def stamp_decided(decisions: Iterable[Decision], decided_wall: float) -> list[De
     return [dataclasses.replace(d, decided_wall=decided_wall) for d in decisions]
 
 
+def events_per_bin(frames: npt.ArrayLike) -> npt.NDArray[np.generic]:
+    """Events in each bin of ``frames [S, 2, H, W]`` (their sums): what the quiet gate of
+    :meth:`Decider.decide_window` reads."""
+    f = np.asarray(frames)
+    return f.reshape(f.shape[0], -1).sum(axis=1)
+
+
 class Decider:
     """Stateful shell over the pure steps above: holds the smoothed probabilities, the
     smoothed event rate, the hysteresis state and the start of the current quiet spell.
@@ -297,8 +304,9 @@ class Decider:
         """The one logits -> decisions path of the live pipeline and ``evaluate``: the
         events per bin are the frames' sums (``frames [S, 2, H, W]``), then
         :meth:`update`; the "no gesture" output is decided as label ``None``."""
-        per_bin = np.asarray(frames).reshape(np.shape(frames)[0], -1).sum(axis=1)
-        return self.update(logits, per_bin, t_window_start_us, bin_us, window_closed_wall)
+        return self.update(
+            logits, events_per_bin(frames), t_window_start_us, bin_us, window_closed_wall
+        )
 
     def update(
         self,

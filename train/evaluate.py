@@ -56,6 +56,7 @@ from smastream.stream.decision import (
     Decider,
     DecisionConfig,
     StreamMetrics,
+    events_per_bin,
     stream_metrics,
 )
 from smastream.stream.formats.labels import (
@@ -726,8 +727,8 @@ def tune_decision_defaults(
 
     The engine runs once per recording (logits kept; the decider's idle resets of the
     engine are not replayed, they happen after 2 s of quiet only); then every point of
-    :data:`TUNING_GRID` decides the kept logits (and events per bin, the frames' sums, as
-    :meth:`Decider.decide_window` counts them) through :meth:`Decider.update`.
+    :data:`TUNING_GRID` decides the kept logits and :func:`events_per_bin` through
+    :meth:`Decider.update`, as :meth:`Decider.decide_window` does.
     Chosen: the lowest median onset among the points with step accuracy
     ``>= min_accuracy`` and false-idle rate ``<= max_false_idle``; if none reaches that
     accuracy, the most accurate point within the false-idle bound (a gesture shown when
@@ -771,10 +772,10 @@ def tune_decision_defaults(
             logits = np.concatenate(
                 [model.runtime.step(np.ascontiguousarray(full[i : i + s])) for i in range(0, n, s)]
             )[:n]
-            # Events per bin as Decider.decide_window counts them (the frames' sums), kept
-            # instead of the frames: every grid point then decides a whole recording in
-            # one Decider.update call (the same per-step loop; 3x faster than per step).
-            counts = frames.reshape(n, -1).sum(axis=1)
+            # The events per bin kept instead of the frames: every grid point then decides
+            # a whole recording in one Decider.update call (the per-step loop of
+            # decide_window; 3x faster than a call per step).
+            counts = events_per_bin(frames)
             kept.append((counts, logits, sds.t0_us[r], read_labels(rec.labels).windows))
 
     def score(cfg: DecisionConfig) -> dict[str, float]:

@@ -340,7 +340,6 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
 
     Closes everything it opened on every path, Ctrl-C included.
     """
-    import contextlib
     import sys
 
     from smastream.errors import SmastreamError
@@ -404,19 +403,15 @@ def run_pipeline_command(args: argparse.Namespace, make_source: Any, *, lossless
             lost_packets=getattr(source, "lost_packets", None),
         )
         if window or args.video:
-            try:
-                display = OverlayDisplay(
-                    window=window,
-                    video=args.video,
-                    input_size=info.input_size,
-                    class_names=info.class_names,
-                    fps=args.display_fps,
-                )
-            except KeyboardInterrupt:  # while the video was being opened: a stub with no
-                if args.video is not None:  # frame, which nothing plays
-                    with contextlib.suppress(OSError):
-                        Path(args.video).unlink(missing_ok=True)
-                raise
+            # opens nothing: the video is opened at the first frame, where an interrupted
+            # open is cleaned up (OverlayDisplay._open_sink)
+            display = OverlayDisplay(
+                window=window,
+                video=args.video,
+                input_size=info.input_size,
+                class_names=info.class_names,
+                fps=args.display_fps,
+            )
         stats = pipeline.run(display)
         if not args.quiet:
             print(summary_line(stats), file=sys.stderr)
