@@ -88,7 +88,9 @@ class TrainConfig:
         amp: fp16 autocast + grad scaling on CUDA (ignored on CPU).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         workers: Processes that prepare the data (synthetic recordings, preprocessing into
-            the cache) and DataLoader workers (clip protocol); 0: all in this process.
+            the cache) and DataLoader workers (clip protocol); 0: all in this process
+            (except the stream protocol's later augmentation draws, see
+            ``augment_copies``).
             Preparation is serial otherwise: about 5 s per 40 s synthetic recording.
         threads: CPU threads for torch (``None``: torch's default). On a shared or small
             machine 1 is often faster than oversubscribed cores.
@@ -100,8 +102,16 @@ class TrainConfig:
             network must have the same shape (preset, width, outputs). Ignored on resume.
         augment: Stream protocol: tonic event augmentation before the live Binner
             (:mod:`smastream.train.augment`); ``None``: on for synthetic data, off else.
-        augment_copies: Augmented copies of every training recording (epoch ``e`` plays
-            copy ``e % augment_copies``), each binned once into the cache.
+        augment_copies: Distinct augmentation draws of every training recording, cycled:
+            epoch ``e`` plays draw ``e % augment_copies`` (draw ``k`` is seeded by
+            ``seed * 1000 + k``, whatever the number of draws). ``None``: a fresh draw
+            every epoch (draw ``e`` in epoch ``e``). Draw 0 is binned before training,
+            the next epoch's draw in ``max(1, workers)`` background processes while an
+            epoch trains; a binned draw is a cache entry reused by later runs. An epoch
+            plays the batches of draw 0 (at most ``max_batches``), fewer when its draw is
+            shorter (time scaling). With ``None`` the draws after the first are removed
+            from the cache after their epoch (each is played once; a draw of 64
+            recordings of 40 s at 64x64 is 1.6 GB).
     """
 
     out: str = "runs/train"
@@ -142,7 +152,7 @@ class TrainConfig:
     progress: bool = True
     init: str | None = None
     augment: bool | None = None
-    augment_copies: int = 4
+    augment_copies: int | None = None
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, PRESET_NAMES)
@@ -173,13 +183,13 @@ class TrainConfig:
             "synth_recordings",
             "azo_rtr",
             "azo_rcr",
-            "augment_copies",
         ):
             _int_at_least(name, getattr(self, name), 1)
         for name in ("warmup_steps", "synth_val_recordings", "workers", "seed"):
             _int_at_least(name, getattr(self, name), 0)
-        if self.threads is not None:
-            _int_at_least("threads", self.threads, 1)
+        for name in ("threads", "augment_copies"):
+            if getattr(self, name) is not None:
+                _int_at_least(name, getattr(self, name), 1)
         if self.max_batches is not None:
             _int_at_least("max_batches", self.max_batches, 1)
         for name in ("lr", "synth_seconds"):
@@ -226,6 +236,14 @@ class TrainConfig:
         if self.augment is not None:
             return self.augment
         return parse_data_spec(self.data)[0] == "synthetic"
+
+    @property
+    def resolved_augment_copies(self) -> int:
+        """Distinct training draws of the stream protocol: 1 without augmentation, else
+        ``augment_copies`` or, when ``None``, one per epoch."""
+        if not self.resolved_augment:
+            return 1
+        return self.augment_copies if self.augment_copies is not None else self.epochs
 
     @property
     def n_outputs(self) -> int:

@@ -101,6 +101,7 @@ __all__ = [
     "StreamChunk",
     "StreamConfig",
     "StreamDataset",
+    "StreamPrefetcher",
     "check_label_span",
     "find_labelled_recordings",
     "make_synthetic_recordings",
@@ -855,6 +856,10 @@ def _prepare_entry(
     return meta
 
 
+def _entry_path(cache_dir: Path, rec: Recording, protocol: str, params: dict[str, Any]) -> Path:
+    return cache_dir / f"{rec.name}-{protocol}-{_cache_key(rec, protocol, params)}"
+
+
 def _build_cache(
     recordings: Sequence[Recording],
     cache_dir: Path,
@@ -869,12 +874,8 @@ def _build_cache(
 ) -> list[tuple[Path, dict[str, Any]]]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
-    entries: list[Path] = []
-    metas: list[dict[str, Any] | None] = []
-    for rec in recordings:
-        entry = cache_dir / f"{rec.name}-{protocol}-{_cache_key(rec, protocol, params)}"
-        entries.append(entry)
-        metas.append(_load_meta(entry))
+    entries = [_entry_path(cache_dir, rec, protocol, params) for rec in recordings]
+    metas = [_load_meta(entry) for entry in entries]
     todo = [k for k, m in enumerate(metas) if m is None]
     report.cache_hits += len(recordings) - len(todo)
     report.cache_misses += len(todo)
@@ -1051,6 +1052,7 @@ class StreamDataset(Dataset[StreamChunk]):
         chunks_per_recording: Chunks of every recording.
         bins_per_recording: Unpadded bins of every recording.
         t0_us: First bin edge of every recording, µs.
+        entries: The cache folder of every recording.
     """
 
     def __init__(
@@ -1083,11 +1085,22 @@ class StreamDataset(Dataset[StreamChunk]):
         self.t0_us = [int(m["t0_us"]) for _, m in built]
         self.chunks_per_recording = [-(-n // s) for n in self.bins_per_recording]
         self.index = [(r, c) for r, n in enumerate(self.chunks_per_recording) for c in range(n)]
+        self.entries = [e for e, _ in built]
         self._targets = [np.load(e / "targets.npy") for e, _ in built]
         self._frames = _Frames([(e, tuple(m["shape"])) for e, m in built])
         self.frame_shape = tuple(built[0][1]["shape"][1:]) if built else None
         self.report.samples = len(self.index)
         self.report.log("stream")
+
+    def remove_from_cache(self) -> None:
+        """Remove this dataset's cache entries (a draw that will not be played again).
+
+        Frames already read stay readable (they are memory-mapped); the others are gone:
+        call it when the dataset will not be read again. A later build of the same
+        entries bins them again.
+        """
+        for entry in self.entries:
+            shutil.rmtree(entry, ignore_errors=True)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -1125,6 +1138,128 @@ class StreamDataset(Dataset[StreamChunk]):
         return StreamChunk(
             torch.from_numpy(frames), torch.from_numpy(targets), torch.from_numpy(mask), r, c
         )
+
+
+class StreamPrefetcher:
+    """Bins stream-protocol cache entries in background processes while the caller goes on
+    (the training loop plays one epoch's draw while the next one is binned).
+
+    One pool of ``max(1, workers)`` spawned processes for the prefetcher's life, started by
+    the first :meth:`submit` that has work (spawned once, not once per draw; spawned, not
+    forked, as :func:`in_processes`). Entries are written as :class:`StreamDataset` writes
+    them: in a temporary folder renamed when complete, so a failure or an interruption
+    leaves no complete-looking entry (the temporary folder is removed, or after a kill by
+    the next build of the cache). A :class:`StreamDataset` built afterwards finds them.
+
+    Args:
+        cache_dir: Folder of the preprocessing cache.
+        workers: Background processes (0 and 1: one).
+        progress: Show a progress bar per :meth:`submit` while it runs.
+        chunk_events: As in :class:`StreamDataset`.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        workers: int = 0,
+        *,
+        progress: bool = True,
+        chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.workers = max(1, int(workers))
+        self.progress = progress
+        self.chunk_events = chunk_events
+        self._pool: Any = None
+
+    def submit(
+        self, recordings: Sequence[Recording], config: StreamConfig, desc: str
+    ) -> PendingEntries:
+        """Start binning the entries of ``recordings`` under ``config`` that are not in
+        the cache yet (cache hits are left as they are); returns at once."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        params = _params(config, exclude=("chunk_steps",))
+        todo = [
+            (entry, rec)
+            for rec in recordings
+            if _load_meta(entry := _entry_path(self.cache_dir, rec, "stream", params)) is None
+        ]
+        futures = []
+        if todo:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                ctx = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            futures = [
+                self._pool.submit(
+                    _prepare_entry, entry, rec, _preprocess_stream, config, self.chunk_events
+                )
+                for entry, rec in todo
+            ]
+        return PendingEntries([e for e, _ in todo], futures, desc, self.progress)
+
+    def close(self) -> None:
+        """Cancel the entries not started; wait for the running ones (each ends complete
+        or removed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class PendingEntries:
+    """Entries a :class:`StreamPrefetcher` is binning (see :meth:`wait`).
+
+    Attributes:
+        entries: The cache folders being made (the cache misses of the submission).
+    """
+
+    def __init__(self, entries: list[Path], futures: list[Any], desc: str, progress: bool) -> None:
+        self.entries = entries
+        self._futures = futures
+        self._desc = desc
+        self._bar: Any = None
+        if progress and futures:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(
+                    total=len(futures), desc=desc, unit="rec", file=sys.stderr, leave=False
+                )
+            except ImportError:  # tqdm is in the train extra
+                pass
+        for fut in futures:
+            fut.add_done_callback(self._tick)
+
+    def _tick(self, fut: Any) -> None:
+        if self._bar is not None and not fut.cancelled():
+            self._bar.update(1)
+
+    def done(self) -> bool:
+        """Whether every entry is finished (made, or failed)."""
+        return all(f.done() for f in self._futures)
+
+    def wait(self) -> None:
+        """Wait until every entry is made.
+
+        Raises:
+            The first error of a recording as it is; SmastreamError: a background process
+            died.
+        """
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            for fut in self._futures:
+                fut.result()
+        except BrokenProcessPool:
+            raise SmastreamError(
+                f"{self._desc}: a background process died (out of memory?)"
+            ) from None
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
 
 
 class StreamBatch(NamedTuple):

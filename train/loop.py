@@ -90,10 +90,12 @@ from .datasets import (
     PAD_TARGET,
     ClipConfig,
     ClipDataset,
+    PendingEntries,
     Recording,
     StreamBatcher,
     StreamConfig,
     StreamDataset,
+    StreamPrefetcher,
     check_label_span,
     find_labelled_recordings,
 )
@@ -605,11 +607,12 @@ def _clip_validate(
 
 
 def augment_seeds(cfg: TrainConfig) -> list[int | None]:
-    """``augment_seed`` of every training copy of the stream protocol (epoch ``e`` plays
-    copy ``e % len``): ``[None]`` without augmentation."""
+    """``augment_seed`` of every distinct training draw of the stream protocol (epoch ``e``
+    plays draw ``e % len``; draw ``k`` is ``seed * 1000 + k`` whatever the number of
+    draws, :attr:`TrainConfig.resolved_augment_copies`): ``[None]`` without augmentation."""
     if not cfg.resolved_augment:
         return [None]
-    return [cfg.seed * 1000 + k for k in range(cfg.augment_copies)]
+    return [cfg.seed * 1000 + k for k in range(cfg.resolved_augment_copies)]
 
 
 def load_initial_weights(model: SMASNN, path: str | Path) -> None:
@@ -733,8 +736,17 @@ Validation = tuple[float, float, npt.NDArray[np.int64]]
 
 
 class _StreamProtocol:
-    """The stream protocol's data (one :class:`StreamDataset` per augmented copy, a
-    :class:`StreamBatcher` each; epoch ``e`` plays copy ``e % copies``) and its epochs."""
+    """The stream protocol's data and its epochs.
+
+    Epoch ``e`` plays draw ``e % K`` of the training recordings (:func:`augment_seeds`;
+    without augmentation one draw: the recordings as they are), one :class:`StreamDataset`
+    per draw, shuffled per epoch by a :class:`StreamBatcher`. Draws are binned when
+    needed: draw 0 before training (its batches set the epoch length); while epoch ``e``
+    trains, the draw of epoch ``e + 1`` is binned in background processes
+    (:class:`StreamPrefetcher`), so the next epoch starts on binned data. A draw in the
+    cache is reused. With a fresh draw every epoch (``augment_copies=None``) each draw
+    after the first is played once and removed from the cache after its epoch.
+    """
 
     unit = "steps"
 
@@ -747,40 +759,70 @@ class _StreamProtocol:
         geo: dict[str, Any],
         dist_: _Dist,
     ) -> None:
-        self.cfg = cfg
-        cache, progress = cfg.resolved_cache_dir, cfg.progress and dist_.main
-        scfg = StreamConfig(
+        self.cfg, self.dist = cfg, dist_
+        self.recordings = train_recs
+        self.cache, self.progress = cfg.resolved_cache_dir, cfg.progress and dist_.main
+        self.scfg = StreamConfig(
             bin_us=cfg.bin_us, chunk_steps=cfg.chunk_steps, sensor_size=sensor, **geo
         )
-        copies = [
-            StreamDataset(
-                train_recs,
-                cache,
-                dataclasses.replace(scfg, augment_seed=a),
-                progress=progress,
-                workers=cfg.workers,
-            )
-            for a in augment_seeds(cfg)
-        ]
+        self.seeds = augment_seeds(cfg)
+        self.draws: dict[int, StreamDataset] = {}
+        self._pending: dict[int, PendingEntries] = {}
+        self._prefetcher = (
+            StreamPrefetcher(self.cache, cfg.workers, progress=self.progress)
+            if len(self.seeds) > 1
+            else None
+        )
+        self.first = self.draw(0)
         self.val = (
-            StreamDataset(val_recs, cache, scfg, progress=progress, workers=cfg.workers)
+            StreamDataset(
+                val_recs, self.cache, self.scfg, progress=self.progress, workers=cfg.workers
+            )
             if val_recs
             else None
         )
-        self.batchers = [
-            StreamBatcher(
-                ds,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed,
-                rank=dist_.rank,
-                world_size=dist_.world,
+
+    def _config(self, d: int) -> StreamConfig:
+        return dataclasses.replace(self.scfg, augment_seed=self.seeds[d])
+
+    def draw(self, d: int) -> StreamDataset:
+        """Draw ``d``'s dataset: binned now unless it is, or is being binned, already."""
+        ds = self.draws.get(d)
+        if ds is None:
+            pending = self._pending.pop(d, None)
+            if pending is not None:
+                if not pending.done():
+                    log.info("waiting for the background binning of draw %d", d)
+                pending.wait()
+            ds = StreamDataset(
+                self.recordings,
+                self.cache,
+                self._config(d),
+                progress=self.progress,
+                workers=self.cfg.workers,
             )
-            for ds in copies
-        ]
+            self.draws[d] = ds
+        return ds
+
+    def prefetch(self, d: int, epoch: int) -> None:
+        """Start binning draw ``d`` (for ``epoch``) in the background."""
+        if self._prefetcher is None or d in self.draws or d in self._pending:
+            return
+        desc = f"binning epoch {epoch + 1}'s draw (background)"
+        self._pending[d] = self._prefetcher.submit(self.recordings, self._config(d), desc)
+
+    def batcher(self, ds: StreamDataset) -> StreamBatcher:
+        return StreamBatcher(
+            ds,
+            self.cfg.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world,
+        )
 
     def batches_per_epoch(self) -> int:
-        return min(len(b) for b in self.batchers)
+        return len(self.batcher(self.first))
 
     def train_epoch(
         self,
@@ -792,12 +834,27 @@ class _StreamProtocol:
         desc: str,
         losses: list[float],
     ) -> tuple[float, float]:
-        batcher = self.batchers[epoch % len(self.batchers)]
+        """One epoch on draw ``epoch % K``: ``n_batches``, or fewer when the draw is shorter
+        (time scaling) than draw 0."""
+        d = epoch % len(self.seeds)
+        ds = self.draw(d)
+        if epoch + 1 < self.cfg.epochs:
+            self.prefetch((epoch + 1) % len(self.seeds), epoch + 1)
+        batcher = self.batcher(ds)
         batcher.set_epoch(epoch)
-        return _stream_epoch(net, model, batcher, stepper, self.cfg, n_batches, desc, losses)
+        n = int(_all_reduce([min(n_batches, len(batcher))], stepper.device, "min")[0])
+        result = _stream_epoch(net, model, batcher, stepper, self.cfg, n, desc, losses)
+        if self.cfg.augment_copies is None and d != 0:  # a fresh draw per epoch: played once
+            self.draws.pop(d).remove_from_cache()
+        return result
 
     def validate(self, model: SMASNN, device: torch.device) -> Validation | None:
         return None if self.val is None else _stream_validate(model, self.val, self.cfg, device)
+
+    def close(self) -> None:
+        """Stop the background binning (entries not started are cancelled)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
 
 
 class _ClipProtocol:
@@ -844,6 +901,9 @@ class _ClipProtocol:
 
     def validate(self, model: SMASNN, device: torch.device) -> Validation | None:
         return None if self.val is None else _clip_validate(model, self.val, self.cfg, device)
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
 
 
 _Strategy = _StreamProtocol | _ClipProtocol
@@ -1015,29 +1075,35 @@ def train(
     run = _RunFolder(cfg, model, sensor, geo, protocol.unit) if dist_.main else None
 
     losses: list[float] = []
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        desc = f"epoch {epoch + 1}/{cfg.epochs}"
-        tr_loss, tr_acc = protocol.train_epoch(net, model, stepper, epoch, per_epoch, desc, losses)
-        val = protocol.validate(model, device) if run is not None else None
-        va_loss, va_acc, confusion = val if val is not None else (None, None, None)
-        result = EpochResult(
-            epoch=epoch,
-            step=stepper.step,
-            lr=stepper.lr,
-            train_loss=tr_loss,
-            train_accuracy=tr_acc,
-            val_loss=va_loss,
-            val_accuracy=va_acc,
-            time_s=time.perf_counter() - t0,
-            batches=per_epoch,
-        )
-        history.append(result)
-        if run is not None:
-            best = run.record(result, history, stepper, best)
-            if on_epoch is not None:
-                on_epoch(result)
-            run.plot(history, confusion)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            desc = f"epoch {epoch + 1}/{cfg.epochs}"
+            played = len(losses)
+            tr_loss, tr_acc = protocol.train_epoch(
+                net, model, stepper, epoch, per_epoch, desc, losses
+            )
+            val = protocol.validate(model, device) if run is not None else None
+            va_loss, va_acc, confusion = val if val is not None else (None, None, None)
+            result = EpochResult(
+                epoch=epoch,
+                step=stepper.step,
+                lr=stepper.lr,
+                train_loss=tr_loss,
+                train_accuracy=tr_acc,
+                val_loss=va_loss,
+                val_accuracy=va_acc,
+                time_s=time.perf_counter() - t0,
+                batches=len(losses) - played,
+            )
+            history.append(result)
+            if run is not None:
+                best = run.record(result, history, stepper, best)
+                if on_epoch is not None:
+                    on_epoch(result)
+                run.plot(history, confusion)
+    finally:
+        protocol.close()
     _barrier()
     model.eval()
     exported: list[Path] = []

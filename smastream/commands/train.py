@@ -57,7 +57,8 @@ _HELP = {
     "max_batches": "stop each epoch after N batches (quick checks)",
     "backend": "export at the end: onnx | tensorrt | none",
     "init": "start from these weights (a state dict .pt, e.g. engine/models/demo.pt): fine-tune",
-    "augment_copies": "augmented copies per training recording (epoch e plays copy e %% N)",
+    "augment_copies": "distinct augmentation draws, cycled: epoch e plays draw e %% N; "
+    "None: a fresh draw every epoch (the next one binned in the background while training)",
 }
 _BOOLS = {
     "azo": "Attention ZoneOut during training",
