@@ -1,5 +1,6 @@
-"""Seeded fuzzing of the file readers through the CLI: damaged AEDAT 4.0, 3.1 and 2.0
-files (real ones from ``../shared/data/real`` and small synthetic ones) and label files.
+"""Seeded fuzzing of the file readers through the CLI: damaged AEDAT 4.0, 3.1 and 2.0,
+Prophesee EVT 2 / EVT 3 and DAT files (real ones from ``../shared/data/real`` and small
+synthetic ones) and label files.
 
 Every damaged file must end as the README promises: exit 0, or exit 1 with a one-line
 error naming the file; never a traceback, a death by signal or a hang; and a recording
@@ -45,6 +46,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {
         "davis.aedat4": REAL / "aestream" / "davis.aedat4",
         "tonic.aedat4": REAL / "tonic" / "sample.aedat4",
+        "evt2.raw": REAL / "expelliarmus" / "evt2_sample.raw",
+        "evt3.raw": REAL / "expelliarmus" / "evt3_sample.raw",
+        "faery-evt2.raw": REAL / "faery" / "evt2.raw",
+        "ncars.dat": REAL / "tonic" / "sample_ncars.dat",
     }
     for name, fmt in (("synth.aedat4", "aedat4"), ("synth.aedat", "aedat3.1")):
         assert main(["synth", str(d / name), "--format", fmt, "--seconds", "2", "--seed", "3"]) == 0
@@ -176,7 +181,18 @@ def _cat(parts: list[Events]) -> Events:
 
 
 @pytest.mark.parametrize(
-    "seed_file", ["davis.aedat4", "tonic.aedat4", "synth.aedat4", "synth.aedat", "dvs128.aedat2"]
+    "seed_file",
+    [
+        "davis.aedat4",
+        "tonic.aedat4",
+        "synth.aedat4",
+        "synth.aedat",
+        "dvs128.aedat2",
+        "evt2.raw",
+        "evt3.raw",
+        "faery-evt2.raw",
+        "ncars.dat",
+    ],
 )
 def test_damaged_files_through_info(
     seed_file: str,
@@ -209,6 +225,11 @@ REPLAY_CASES = [
     ("dvs128.aedat2", "truncate", 16),
     ("dvs128.aedat2", "byte", 17),
     ("davis.aedat4", "truncate", 18),
+    ("evt2.raw", "garbage", 19),
+    ("evt3.raw", "truncate", 20),
+    ("evt3.raw", "int32", 21),
+    ("faery-evt2.raw", "byte", 22),
+    ("ncars.dat", "int32", 23),
 ]
 
 
