@@ -586,9 +586,23 @@ class EvalOptions:
 
 def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     from .config import parse_data_spec
-    from .data import SYNTH_TEST_SEEDS, synthetic_recordings
+    from .data import (
+        DVSGESTURE_TIMING,
+        SYNTH_LONG_SECONDS,
+        SYNTH_LONG_SEEDS,
+        SYNTH_TEST_SEEDS,
+        synthetic_recordings,
+    )
     from .datasets import Recording, check_label_span, find_labelled_recordings
 
+    if data == SYNTH_LONG:
+        return synthetic_recordings(
+            cache_dir / "synthetic",
+            SYNTH_LONG_SEEDS,
+            SYNTH_LONG_SECONDS,
+            False,
+            timing=DVSGESTURE_TIMING,
+        )
     kind, root = parse_data_spec(data)
     if kind == "synthetic":
         return synthetic_recordings(cache_dir / "synthetic", SYNTH_TEST_SEEDS, 40.0, False)
@@ -620,9 +634,10 @@ def evaluate(
 
     Args:
         model_path: ``.pt`` checkpoint or ``.onnx`` export.
-        data: A labelled recording file, a folder of them, ``synthetic`` (two held-out
-            synthetic recordings, :data:`~smastream.train.data.SYNTH_TEST_SEEDS`) or
-            ``dvsgesture[:ROOT]`` (the test split).
+        data: A labelled recording file, a folder of them, ``synthetic`` (held-out
+            synthetic recordings, :data:`~smastream.train.data.SYNTH_TEST_SEEDS`),
+            ``synthetic-long`` (:data:`SYNTH_LONG`) or ``dvsgesture[:ROOT]`` (the test
+            split).
         options: :class:`EvalOptions`.
 
     Returns:
@@ -701,6 +716,11 @@ def evaluate(
         summary["stream_skipped"] = "temporal='paper' model: no streaming form"
     return summary
 
+
+SYNTH_LONG = "synthetic-long"
+"""``--data`` of the held-out synthetic recordings with DVS Gesture's own timing (gestures
+of 6-11 s, gaps of 0.3-5.5 s: :data:`~smastream.train.data.DVSGESTURE_TIMING`), seeds
+:data:`~smastream.train.data.SYNTH_LONG_SEEDS`, 5 x 120 s."""
 
 # --------------------------------------------------------------------------- tuning
 

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         help="labelled recording, folder of them, synthetic (held-out seeds 21000-21014, 10 min), "
-        "or dvsgesture[:ROOT] (test split)",
+        "synthetic-long (held-out seeds 22000-22004, 10 min, with DVS Gesture's gesture and gap "
+        "durations: 6-11 s, 0.3-5.5 s) or dvsgesture[:ROOT] (test split)",
     )
     parser.add_argument("--json", action="store_true", help="print all metrics as one JSON object")
     parser.add_argument("--no-clip", action="store_true", help="skip clip accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -353,3 +354,35 @@ def test_scene_steps_are_counted_per_scene_and_summarised() -> None:
         "r", _frames(12), targets, [window], 0, RAW,
     )  # fmt: skip
     assert no_scenes.scene_steps == {} and "scenes" not in summarize([no_scenes])
+
+
+REAL_LABELS = Path(__file__).resolve().parents[2].parent / "shared/data/real/aestream"
+
+
+def test_dvsgesture_timing_covers_the_real_trial_and_synthetic_long_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--data synthetic-long``: gestures and gaps as long as in a real DVS Gesture trial
+    (the real label file), on its own held-out seeds."""
+    import smastream.train.data as data
+    from smastream.stream.formats.labels import read_labels
+    from smastream.train.evaluate import SYNTH_LONG, TUNING_SEEDS, _recordings_for
+
+    real = read_labels(REAL_LABELS / "user01_natural_labels.csv")
+    durations = [(w.end_us - w.start_us) / 1e6 for w in real]
+    gaps = [(b.start_us - a.end_us) / 1e6 for a, b in itertools.pairwise(real)]
+    lo, hi = data.DVSGESTURE_TIMING["gesture_s"]
+    assert lo <= min(durations) and max(durations) <= hi, durations
+    lo, hi = data.DVSGESTURE_TIMING["gap_s"]
+    assert lo <= min(gaps) and max(gaps) <= hi, gaps
+    seeds = set(data.SYNTH_LONG_SEEDS)
+    assert not seeds & set(data.SYNTH_TEST_SEEDS) and not seeds & set(TUNING_SEEDS)
+
+    monkeypatch.setattr(data, "SYNTH_LONG_SEEDS", (22_000,))
+    monkeypatch.setattr(data, "SYNTH_LONG_SECONDS", 30.0)  # the real one is 120 s
+    (rec,) = _recordings_for(SYNTH_LONG, tmp_path)
+    assert "seed22000" in rec.events.name
+    windows = read_labels(rec.labels)
+    assert windows
+    got = [(w.end_us - w.start_us) / 1e6 for w in windows]
+    assert all(6.0 <= d <= 11.0 for d in got), got
