@@ -294,6 +294,33 @@ class RecordingResult:
     scene_steps: dict[str, list[int]] = field(default_factory=dict)
 
 
+def count_scene_steps(
+    pairs: Sequence[tuple[int, int | None]], scenes: Sequence[SceneSegment]
+) -> dict[str, list[int]]:
+    """``{scene name: [steps, steps with a gesture decided]}`` of decisions ``(t_us, label or
+    None)`` in non-decreasing ``t`` (a decision at ``t`` is in a segment when
+    ``start_us < t <= end_us``, as for windows)."""
+    t = np.fromiter((tt for tt, _ in pairs), dtype=np.int64, count=len(pairs))
+    gesture = np.fromiter(
+        (lab is not None and lab < NUM_CLASSES for _, lab in pairs), dtype=bool, count=len(pairs)
+    )
+    out: dict[str, list[int]] = {}
+    for seg in scenes:
+        i0, i1 = np.searchsorted(t, [seg.start_us, seg.end_us], side="right")
+        counts = out.setdefault(seg.name, [0, 0])
+        counts[0] += int(i1 - i0)
+        counts[1] += int(gesture[i0:i1].sum())
+    return out
+
+
+def scene_gesture_rate(scene_steps: dict[str, list[int]]) -> float:
+    """Share of the steps of no-gesture scenes (every scene but ``idle``, the still gaps)
+    with a gesture decided; NaN without such steps."""
+    n = sum(c[0] for name, c in scene_steps.items() if name != "idle")
+    g = sum(c[1] for name, c in scene_steps.items() if name != "idle")
+    return g / n if n else math.nan
+
+
 def evaluate_stream_recording(
     model: EvalModel,
     name: str,
@@ -330,14 +357,7 @@ def evaluate_stream_recording(
     tgt = np.asarray(targets, dtype=np.int64)
     ok = (tgt >= 0) & (tgt <= NUM_CLASSES) & (pred <= NUM_CLASSES)
     np.add.at(conf, (tgt[ok], pred[ok]), 1)
-    t = np.array([tt for tt, _ in pairs], dtype=np.int64)
-    gesture = pred < NUM_CLASSES
-    scene_steps: dict[str, list[int]] = {}
-    for seg in scenes:
-        i0, i1 = np.searchsorted(t, [seg.start_us, seg.end_us], side="right")
-        counts = scene_steps.setdefault(seg.name, [0, 0])
-        counts[0] += int(i1 - i0)
-        counts[1] += int(gesture[i0:i1].sum())
+    scene_steps = count_scene_steps(pairs, scenes)
     return RecordingResult(
         name,
         metrics,
@@ -447,10 +467,8 @@ def summarize(
                 name: {"steps": n, "gesture_steps": g, "gesture_rate": g / n if n else None}
                 for name, (n, g) in sorted(scenes.items())
             }
-            n_sc = sum(n for name, (n, _) in scenes.items() if name != "idle")
-            g_sc = sum(g for name, (_, g) in scenes.items() if name != "idle")
-            out["scene_steps"] = n_sc
-            out["scene_gesture_rate"] = _nan_to_none(g_sc / n_sc if n_sc else math.nan)
+            out["scene_steps"] = sum(n for name, (n, _) in scenes.items() if name != "idle")
+            out["scene_gesture_rate"] = _nan_to_none(scene_gesture_rate(scenes))
     else:
         onsets, win_labels, conf = [], [], np.zeros((12, 12), dtype=np.int64)
         out.update(
@@ -726,7 +744,7 @@ of 6-11 s, gaps of 0.3-5.5 s: :data:`~smastream.train.data.DVSGESTURE_TIMING`), 
 
 #: Seeds of the decision-default tuning recordings: in no training (1000+), validation
 #: (11000+), evaluation (21000+) range, never the demo's 7 and 8.
-TUNING_SEEDS = tuple(range(12_000, 12_006))
+TUNING_SEEDS = tuple(range(12_000, 12_012))
 TUNING_GRID: dict[str, tuple[float, ...]] = {
     "smooth_ms": (25.0, 50.0, 100.0, 150.0),
     "hold_steps": (1, 2, 3, 4),
@@ -750,10 +768,12 @@ def tune_decision_defaults(
     :data:`TUNING_GRID` decides the kept logits and :func:`events_per_bin` through
     :meth:`Decider.update`, as :meth:`Decider.decide_window` does.
     Chosen: the lowest median onset among the points with step accuracy
-    ``>= min_accuracy`` and false-idle rate ``<= max_false_idle``; if none reaches that
-    accuracy, the most accurate point within the false-idle bound (a gesture shown when
-    nobody gestures is the error users see first); if none is within it, the point with the
-    fewest false-idle decisions.
+    ``>= min_accuracy`` that decide a gesture on at most ``max_false_idle`` of the idle steps
+    *and* of the steps of the no-gesture scenes (walking, reaching, scratching, ...: harder
+    than still gaps, and bounded on their own since issue 13's target is theirs); if none
+    reaches that accuracy, the most accurate point within those bounds (a gesture shown when
+    nobody gestures is the error users see first); if none is within them, the point with
+    the lowest of the two rates.
 
     Returns:
         ``{"data", "grid", "chosen", "result_chosen", "result_current_defaults"}``.
@@ -761,7 +781,7 @@ def tune_decision_defaults(
     import dataclasses
     import itertools
 
-    from smastream.stream.formats.labels import read_labels
+    from smastream.stream.formats.labels import read_labels, read_scenes
 
     from .data import geometry_for, sensor_of, synthetic_recordings
     from .datasets import StreamConfig, StreamDataset
@@ -796,12 +816,14 @@ def tune_decision_defaults(
             # a whole recording in one Decider.update call (the per-step loop of
             # decide_window; 3x faster than a call per step).
             counts = events_per_bin(frames)
-            kept.append((counts, logits, sds.t0_us[r], read_labels(rec.labels).windows))
+            scenes = read_scenes(scenes_path_for(rec.events))
+            kept.append((counts, logits, sds.t0_us[r], read_labels(rec.labels).windows, scenes))
 
     def score(cfg: DecisionConfig) -> dict[str, float]:
         steps = correct = idle = false_idle = 0
         onsets: list[float] = []
-        for counts, logits, t0, windows in kept:
+        scene_steps: dict[str, list[int]] = {}
+        for counts, logits, t0, windows, scenes in kept:
             decider = Decider(cfg, len(model.class_names), model.class_names)
             pairs = [
                 (d.t_bin_end_us, d.label) for d in decider.update(logits, counts, t0, model.bin_us)
@@ -812,13 +834,22 @@ def tune_decision_defaults(
             idle += m.n_idle_steps
             false_idle += m.n_false_idle
             onsets += [math.inf if o is None else float(o) for o in m.onset_ms]
+            for name, (n, g) in count_scene_steps(pairs, scenes).items():
+                acc = scene_steps.setdefault(name, [0, 0])
+                acc[0] += n
+                acc[1] += g
+        scene_rate = scene_gesture_rate(scene_steps)
         return {
             "stream_accuracy": correct / steps if steps else float("nan"),
             "onset_to_decision_ms_p50": float(np.median(onsets)) if onsets else math.inf,
             "windows": len(onsets),
             "windows_detected": sum(math.isfinite(o) for o in onsets),
             "false_idle_rate": false_idle / idle if idle else 0.0,
+            "scene_gesture_rate": 0.0 if math.isnan(scene_rate) else scene_rate,
         }
+
+    def quiet_enough(result: dict[str, float]) -> bool:
+        return max(result["false_idle_rate"], result["scene_gesture_rate"]) <= max_false_idle
 
     base = DecisionConfig()
     rows = []
@@ -826,26 +857,28 @@ def tune_decision_defaults(
         point: dict[str, Any] = dict(zip(TUNING_GRID, values, strict=True))
         point["hold_steps"] = int(point["hold_steps"])
         rows.append((point, score(dataclasses.replace(base, **point))))
-    ok = [
-        r
-        for r in rows
-        if r[1]["stream_accuracy"] >= min_accuracy and r[1]["false_idle_rate"] <= max_false_idle
-    ]
-    quiet = [r for r in rows if r[1]["false_idle_rate"] <= max_false_idle]
+    quiet = [r for r in rows if quiet_enough(r[1])]
+    ok = [r for r in quiet if r[1]["stream_accuracy"] >= min_accuracy]
     if ok:
         chosen = min(ok, key=lambda r: (r[1]["onset_to_decision_ms_p50"], -r[1]["stream_accuracy"]))
     elif quiet:  # a gesture shown when nobody gestures is the worse error: keep that bound
         chosen = max(quiet, key=lambda r: r[1]["stream_accuracy"])
     else:
-        chosen = min(rows, key=lambda r: (r[1]["false_idle_rate"], -r[1]["stream_accuracy"]))
+        chosen = min(
+            rows,
+            key=lambda r: (
+                max(r[1]["false_idle_rate"], r[1]["scene_gesture_rate"]),
+                -r[1]["stream_accuracy"],
+            ),
+        )
     current = {k: getattr(base, k) for k in TUNING_GRID}
     return {
         "data": f"{len(kept)} synthetic recordings, seeds {min(seeds)}-{max(seeds)}, 40 s each",
         "model": str(model_path),
         "bin_ms": model.bin_us / 1000,
-        "rule": f"lowest median onset with step accuracy >= {min_accuracy} and false-idle "
-        f"rate <= {max_false_idle}; else the most accurate with that false-idle rate; else "
-        "the lowest false-idle rate",
+        "rule": f"lowest median onset with step accuracy >= {min_accuracy} and a gesture on "
+        f"<= {max_false_idle} of the idle steps and of the no-gesture scenes' steps; else the "
+        "most accurate within those bounds; else the lowest of the two rates",
         "grid": {k: list(v) for k, v in TUNING_GRID.items()},
         "chosen": chosen[0],
         "result_chosen": chosen[1],

@@ -386,3 +386,52 @@ def test_dvsgesture_timing_covers_the_real_trial_and_synthetic_long_uses_it(
     assert windows
     got = [(w.end_us - w.start_us) / 1e6 for w in windows]
     assert all(6.0 <= d <= 11.0 for d in got), got
+
+
+def test_decision_tuner_scores_as_evaluate_does_and_bounds_the_scenes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tuner picks by its rule from what ``evaluate`` measures at every grid point (one
+    decision path): the most accurate point that shows a gesture on at most the bound of
+    the idle steps *and* of the no-gesture scenes' steps. A small grid, two tuning recordings
+    (a bound the scenes decide: some points keep the idle rate under it, not the scenes')."""
+    import itertools
+
+    import smastream.train.evaluate as ev
+
+    grid = {
+        "smooth_ms": (25.0, 100.0),
+        "hold_steps": (1, 3),
+        "min_confidence": (0.3, 0.7),
+        "switch_margin": (0.1,),
+        "quiet_events_per_s": (0.0,),  # no idle resets, which the tuner does not replay
+    }
+    monkeypatch.setattr(ev, "TUNING_GRID", grid)
+    model = Path(__file__).resolve().parents[2] / "engine" / "models" / "demo.onnx"
+    out = ev.tune_decision_defaults(
+        model, seeds=(12_000, 12_001), cache_dir=tmp_path, min_accuracy=1.0, max_false_idle=0.02
+    )
+    assert "no-gesture scenes" in out["rule"]
+    measured = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        point["hold_steps"] = int(point["hold_steps"])
+        m = evaluate(
+            model,
+            str(tmp_path / "synthetic"),
+            EvalOptions(clip=False, decision=DecisionConfig(**point), cache_dir=str(tmp_path)),
+        )
+        measured.append((point, m))
+    (got,) = [m for p, m in measured if p == out["chosen"]]
+    for key in ("stream_accuracy", "false_idle_rate", "scene_gesture_rate"):
+        assert out["result_chosen"][key] == pytest.approx(got[key], abs=1e-12), key
+    assert out["result_chosen"]["onset_to_decision_ms_p50"] == got["onset_to_decision_ms_p50"]
+    within = [
+        (p, m) for p, m in measured if max(m["false_idle_rate"], m["scene_gesture_rate"]) <= 0.02
+    ]
+    idle_only = [(p, m) for p, m in measured if m["false_idle_rate"] <= 0.02]
+    assert within, [(m["false_idle_rate"], m["scene_gesture_rate"]) for _, m in measured]
+    assert len(idle_only) > len(within), "the scene bound decides nothing on this grid"
+    best = max(m["stream_accuracy"] for _, m in within)
+    assert got["stream_accuracy"] == best
+    assert max(got["false_idle_rate"], got["scene_gesture_rate"]) <= 0.02
