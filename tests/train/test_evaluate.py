@@ -242,13 +242,13 @@ def test_clip_of_frames_that_do_not_fill_whole_calls_is_a_one_line_error(
 
 def test_shipped_demo_model_holds_its_measured_level_on_the_held_out_demo_recording() -> None:
     """The README's evaluation command on the demo recording (seed 7, never used in training:
-    seeds 4000-4063, validation 14000-14001, tuning 12000-12005).
+    seeds 5000-5095, validation 15000-15001, tuning 12000-12011).
 
     A regression guard at the level the shipped model measured with its decision defaults
-    (78.3 % of in-window steps, 10 of 10 gestures, onset p50 333 ms, a gesture on 4.0 % of
-    idle steps and 6.3 % of the no-gesture scenes' steps: reaching for an object, 13.7 %),
-    not issue 6's targets (>= 90 %, every gesture, <= 500 ms) nor issue 13's 3 % in
-    no-gesture scenes, which this recording misses (README, "Demo model")."""
+    (86.3 % of in-window steps, 10 of 10 gestures, onset p50 338 ms, a gesture on 7.3 % of
+    idle steps and 11.9 % of the no-gesture scenes' steps: reaching for an object, 29 %),
+    not issue 6's targets (>= 90 %) nor issue 13's 3 % in no-gesture scenes, which this
+    recording misses (README, "Demo model")."""
     repo = Path(__file__).resolve().parents[2]
     out = evaluate(
         repo / "engine" / "models" / "demo.onnx",
@@ -256,10 +256,10 @@ def test_shipped_demo_model_holds_its_measured_level_on_the_held_out_demo_record
         EvalOptions(clip=False),
     )
     assert out["windows"] == 10 and out["windows_detected"] == 10
-    assert out["stream_accuracy"] >= 0.75
-    assert out["onset_to_decision_ms_p50"] <= 400
-    assert out["false_idle_rate"] <= 0.05  # nobody gestures: "no gesture" is shown
-    assert out["scene_gesture_rate"] <= 0.07  # the demo's _scenes.csv is read
+    assert out["stream_accuracy"] >= 0.84
+    assert out["onset_to_decision_ms_p50"] <= 360
+    assert out["false_idle_rate"] <= 0.08  # nobody gestures: "no gesture" is shown
+    assert out["scene_gesture_rate"] <= 0.13  # the demo's _scenes.csv is read
     assert out["decision"] == vars(DecisionConfig())  # the live defaults
 
 
@@ -408,10 +408,8 @@ def test_decision_tuner_scores_as_evaluate_does_and_bounds_the_scenes(
     }
     monkeypatch.setattr(ev, "TUNING_GRID", grid)
     model = Path(__file__).resolve().parents[2] / "engine" / "models" / "demo.onnx"
-    out = ev.tune_decision_defaults(
-        model, seeds=(12_000, 12_001), cache_dir=tmp_path, min_accuracy=1.0, max_false_idle=0.02
-    )
-    assert "no-gesture scenes" in out["rule"]
+    seeds = (12_000, 12_001)
+    ev.tune_decision_defaults(model, seeds=seeds, cache_dir=tmp_path)  # makes the recordings
     measured = []
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values, strict=True))
@@ -422,16 +420,28 @@ def test_decision_tuner_scores_as_evaluate_does_and_bounds_the_scenes(
             EvalOptions(clip=False, decision=DecisionConfig(**point), cache_dir=str(tmp_path)),
         )
         measured.append((point, m))
+    # a bound between the idle and the scene rate of the most accurate point whose scenes
+    # are worse than its idle steps: the idle rate alone would let that point through
+    split = [m for _, m in measured if m["scene_gesture_rate"] > m["false_idle_rate"]]
+    assert split, "no point on this grid shows more gestures in scenes than when still"
+    top = max(split, key=lambda m: m["stream_accuracy"])
+    bound = (top["false_idle_rate"] + top["scene_gesture_rate"]) / 2
+    out = ev.tune_decision_defaults(
+        model, seeds=seeds, cache_dir=tmp_path, min_accuracy=1.0, max_false_idle=bound
+    )
+    assert "no-gesture scenes" in out["rule"]
     (got,) = [m for p, m in measured if p == out["chosen"]]
     for key in ("stream_accuracy", "false_idle_rate", "scene_gesture_rate"):
         assert out["result_chosen"][key] == pytest.approx(got[key], abs=1e-12), key
     assert out["result_chosen"]["onset_to_decision_ms_p50"] == got["onset_to_decision_ms_p50"]
-    within = [
-        (p, m) for p, m in measured if max(m["false_idle_rate"], m["scene_gesture_rate"]) <= 0.02
-    ]
-    idle_only = [(p, m) for p, m in measured if m["false_idle_rate"] <= 0.02]
-    assert within, [(m["false_idle_rate"], m["scene_gesture_rate"]) for _, m in measured]
-    assert len(idle_only) > len(within), "the scene bound decides nothing on this grid"
-    best = max(m["stream_accuracy"] for _, m in within)
-    assert got["stream_accuracy"] == best
-    assert max(got["false_idle_rate"], got["scene_gesture_rate"]) <= 0.02
+
+    def worst(m: dict[str, float]) -> float:
+        return max(m["false_idle_rate"], m["scene_gesture_rate"])
+
+    within = [m for _, m in measured if worst(m) <= bound]
+    if within:  # the most accurate point within both bounds
+        assert got["stream_accuracy"] == max(m["stream_accuracy"] for m in within)
+        assert worst(got) <= bound
+    else:  # none: the lowest of the two rates
+        assert worst(got) == min(worst(m) for _, m in measured)
+    assert got is not top
