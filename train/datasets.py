@@ -932,6 +932,13 @@ def _params(cfg: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
     return d
 
 
+def _stream_params(cfg: StreamConfig) -> dict[str, Any]:
+    """Cache-key parameters of a stream entry: the chunking is applied at read time, so
+    entries of any ``chunk_steps`` are shared (:class:`StreamDataset` and
+    :class:`StreamPrefetcher` must agree on this, or prefetched draws are missed)."""
+    return _params(cfg, exclude=("chunk_steps",))
+
+
 class ClipDataset(Dataset[tuple[torch.Tensor, int]]):
     """The ``clip`` protocol: one sample per labelled gesture window.
 
@@ -1072,7 +1079,7 @@ class StreamDataset(Dataset[StreamChunk]):
             self.recordings,
             Path(cache_dir),
             "stream",
-            _params(self.config, exclude=("chunk_steps",)),
+            _stream_params(self.config),
             _preprocess_stream,
             self.config,
             progress,
@@ -1178,7 +1185,7 @@ class StreamPrefetcher:
         """Start binning the entries of ``recordings`` under ``config`` that are not in
         the cache yet (cache hits are left as they are); returns at once."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        params = _params(config, exclude=("chunk_steps",))
+        params = _stream_params(config)
         todo = [
             (entry, rec)
             for rec in recordings

@@ -313,6 +313,14 @@ def count_scene_steps(
     return out
 
 
+def add_scene_steps(total: dict[str, list[int]], part: dict[str, list[int]]) -> None:
+    """Add the per-scene ``[steps, gesture steps]`` of ``part`` into ``total``."""
+    for name, (n, g) in part.items():
+        acc = total.setdefault(name, [0, 0])
+        acc[0] += n
+        acc[1] += g
+
+
 def scene_gesture_rate(scene_steps: dict[str, list[int]]) -> float:
     """Share of the steps of no-gesture scenes (every scene but ``idle``, the still gaps)
     with a gesture decided; NaN without such steps."""
@@ -458,10 +466,7 @@ def summarize(
         )
         scenes: dict[str, list[int]] = {}
         for r in results:
-            for name, (n, g) in r.scene_steps.items():
-                acc = scenes.setdefault(name, [0, 0])
-                acc[0] += n
-                acc[1] += g
+            add_scene_steps(scenes, r.scene_steps)
         if scenes:
             out["scenes"] = {
                 name: {"steps": n, "gesture_steps": g, "gesture_rate": g / n if n else None}
@@ -602,6 +607,12 @@ class EvalOptions:
     progress: bool = False
 
 
+SYNTH_LONG = "synthetic-long"
+"""``--data`` of the held-out synthetic recordings with DVS Gesture's own timing (gestures
+of 6-11 s, gaps of 0.3-5.5 s: :data:`~smastream.train.data.DVSGESTURE_TIMING`), seeds
+:data:`~smastream.train.data.SYNTH_LONG_SEEDS`, 5 x 120 s."""
+
+
 def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
     from .config import parse_data_spec
     from .data import (
@@ -735,11 +746,6 @@ def evaluate(
     return summary
 
 
-SYNTH_LONG = "synthetic-long"
-"""``--data`` of the held-out synthetic recordings with DVS Gesture's own timing (gestures
-of 6-11 s, gaps of 0.3-5.5 s: :data:`~smastream.train.data.DVSGESTURE_TIMING`), seeds
-:data:`~smastream.train.data.SYNTH_LONG_SEEDS`, 5 x 120 s."""
-
 # --------------------------------------------------------------------------- tuning
 
 #: Seeds of the decision-default tuning recordings: in no training (1000+), validation
@@ -834,10 +840,7 @@ def tune_decision_defaults(
             idle += m.n_idle_steps
             false_idle += m.n_false_idle
             onsets += [math.inf if o is None else float(o) for o in m.onset_ms]
-            for name, (n, g) in count_scene_steps(pairs, scenes).items():
-                acc = scene_steps.setdefault(name, [0, 0])
-                acc[0] += n
-                acc[1] += g
+            add_scene_steps(scene_steps, count_scene_steps(pairs, scenes))
         scene_rate = scene_gesture_rate(scene_steps)
         return {
             "stream_accuracy": correct / steps if steps else float("nan"),
@@ -848,8 +851,9 @@ def tune_decision_defaults(
             "scene_gesture_rate": 0.0 if math.isnan(scene_rate) else scene_rate,
         }
 
-    def quiet_enough(result: dict[str, float]) -> bool:
-        return max(result["false_idle_rate"], result["scene_gesture_rate"]) <= max_false_idle
+    def worst_rate(result: dict[str, float]) -> float:
+        """The larger share of idle steps and of scene steps with a gesture shown."""
+        return max(result["false_idle_rate"], result["scene_gesture_rate"])
 
     base = DecisionConfig()
     rows = []
@@ -857,20 +861,14 @@ def tune_decision_defaults(
         point: dict[str, Any] = dict(zip(TUNING_GRID, values, strict=True))
         point["hold_steps"] = int(point["hold_steps"])
         rows.append((point, score(dataclasses.replace(base, **point))))
-    quiet = [r for r in rows if quiet_enough(r[1])]
+    quiet = [r for r in rows if worst_rate(r[1]) <= max_false_idle]
     ok = [r for r in quiet if r[1]["stream_accuracy"] >= min_accuracy]
     if ok:
         chosen = min(ok, key=lambda r: (r[1]["onset_to_decision_ms_p50"], -r[1]["stream_accuracy"]))
     elif quiet:  # a gesture shown when nobody gestures is the worse error: keep that bound
         chosen = max(quiet, key=lambda r: r[1]["stream_accuracy"])
     else:
-        chosen = min(
-            rows,
-            key=lambda r: (
-                max(r[1]["false_idle_rate"], r[1]["scene_gesture_rate"]),
-                -r[1]["stream_accuracy"],
-            ),
-        )
+        chosen = min(rows, key=lambda r: (worst_rate(r[1]), -r[1]["stream_accuracy"]))
     current = {k: getattr(base, k) for k in TUNING_GRID}
     return {
         "data": f"{len(kept)} synthetic recordings, seeds {min(seeds)}-{max(seeds)}, 40 s each",
