@@ -112,6 +112,9 @@ class TrainConfig:
             shorter (time scaling). With ``None`` the draws after the first are removed
             from the cache after their epoch (each is played once; a draw of 64
             recordings of 40 s at 64x64 is 1.6 GB).
+        onset_weight, onset_ms: Stream protocol: the loss weight of the steps in the first
+            ``onset_ms`` of every gesture (:class:`~smastream.train.loop.OnsetClock`),
+            every other step weighs 1; 1.0: plain per-step cross-entropy.
     """
 
     out: str = "runs/train"
@@ -153,6 +156,8 @@ class TrainConfig:
     init: str | None = None
     augment: bool | None = None
     augment_copies: int | None = None
+    onset_weight: float = 1.0
+    onset_ms: int = 300
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, PRESET_NAMES)
@@ -185,7 +190,13 @@ class TrainConfig:
             "azo_rcr",
         ):
             _int_at_least(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "synth_val_recordings", "workers", "seed"):
+        if not (
+            isinstance(self.onset_weight, (int, float))
+            and math.isfinite(self.onset_weight)
+            and self.onset_weight >= 1
+        ):
+            raise ValueError(f"onset_weight must be a number >= 1, got {self.onset_weight!r}")
+        for name in ("warmup_steps", "synth_val_recordings", "workers", "seed", "onset_ms"):
             _int_at_least(name, getattr(self, name), 0)
         for name in ("threads", "augment_copies"):
             if getattr(self, name) is not None:

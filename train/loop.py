@@ -103,6 +103,7 @@ from .datasets import (
 __all__ = [
     "NO_GESTURE_NAME",
     "EpochResult",
+    "OnsetClock",
     "TrainResult",
     "augment_seeds",
     "build_model",
@@ -155,13 +156,17 @@ def mask_no_gesture(targets: Tensor, no_gesture_class: bool) -> Tensor:
     return torch.where(targets == NO_GESTURE, torch.full_like(targets, PAD_TARGET), targets)
 
 
-def stream_loss(logits: Tensor, targets: Tensor, no_gesture_class: bool) -> tuple[Tensor, int]:
+def stream_loss(
+    logits: Tensor, targets: Tensor, no_gesture_class: bool, weights: Tensor | None = None
+) -> tuple[Tensor, int]:
     """Per-step cross-entropy over the valid steps of a stream batch.
 
     Args:
         logits: ``[S, B, K]``.
         targets: ``[S, B]`` int64: a class, :data:`NO_GESTURE` or :data:`PAD_TARGET`.
         no_gesture_class: Train "no gesture" steps as class 11; else mask them out.
+        weights: ``[S, B]`` per-step weights (e.g. :class:`OnsetClock`'s); ``None``: all 1.
+            The loss is the weighted mean over the counted steps.
 
     Returns:
         ``(mean loss over the counted steps, number of counted steps)``; the loss is a
@@ -171,10 +176,50 @@ def stream_loss(logits: Tensor, targets: Tensor, no_gesture_class: bool) -> tupl
     n = int((t != PAD_TARGET).sum())
     if n == 0:
         return logits.sum() * 0.0, 0
-    loss = nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), t.flatten(), ignore_index=PAD_TARGET
+    ce = nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), t.flatten(), ignore_index=PAD_TARGET, reduction="none"
     )
-    return loss, n
+    w = (t.flatten() != PAD_TARGET).float()
+    if weights is not None:
+        w = w * weights.flatten().float()
+    return (ce * w).sum() / w.sum(), n
+
+
+class OnsetClock:
+    """Per-step loss weights that stress the first steps of every gesture.
+
+    A gesture step gets ``weight`` while it is one of the first ``steps`` steps of its
+    gesture (counted from the first step with that class, across the chunks of a lane),
+    every other step 1. The clock carries each lane's last target and run length from
+    batch to batch; a lane flagged in ``reset`` starts a new recording. The optimum of
+    the cross-entropy per step is unchanged (the posterior); the weight moves the
+    network's capacity towards telling gestures apart early, where onset latency is
+    decided.
+    """
+
+    def __init__(self, batch_size: int, steps: int, weight: float) -> None:
+        self.steps, self.weight = int(steps), float(weight)
+        self.last = torch.full((batch_size,), PAD_TARGET, dtype=torch.int64)
+        self.run = torch.zeros(batch_size, dtype=torch.int64)
+
+    def weights(self, targets: Tensor, reset: Tensor) -> Tensor:
+        """``[S, B]`` weights of a batch's ``targets`` (``[S, B]``, on CPU), ``reset`` ``[B]``."""
+        last = torch.where(reset, torch.full_like(self.last, PAD_TARGET), self.last)
+        run = torch.where(reset, torch.zeros_like(self.run), self.run)
+        out = torch.ones(targets.shape, dtype=torch.float32)
+        for s in range(targets.shape[0]):
+            t = targets[s]
+            run = torch.where(t == last, run + 1, torch.zeros_like(run))
+            last = t
+            early = (t >= 0) & (t != NO_GESTURE) & (run < self.steps)
+            out[s] = torch.where(early, self.weight, 1.0)
+        self.last, self.run = last, run
+        return out
+
+
+def onset_steps(cfg: TrainConfig) -> int:
+    """The steps :class:`OnsetClock` weights: ``cfg.onset_ms`` in bins, at least 1."""
+    return max(1, round(cfg.onset_ms * 1000 / cfg.bin_us))
 
 
 def _counted_steps(
@@ -469,19 +514,21 @@ def _stream_epoch(
 ) -> tuple[float, float]:
     device = stepper.device
     state = model.initial_state(batcher.batch_size, device)
+    clock = OnsetClock(batcher.batch_size, onset_steps(cfg), cfg.onset_weight)
     tot_loss = tot_n = tot_ok = 0.0
     net.train()
     it = iter(batcher)
     for _ in _progress(range(n_batches), n_batches, desc, cfg.progress):
         batch = next(it)
         frames = batch.frames.to(device, non_blocking=True)
+        weights = clock.weights(batch.targets, batch.reset).to(device)
         targets = batch.targets.to(device)
         state = _reset_lanes(state, batch.reset.to(device))
         with stepper.autocast():
             out = net(frames, *state.tensors())
         logits = out[0]
         state = NetState(dict(zip(model.state_names(), (t.float() for t in out[1:]), strict=True)))
-        loss, n = stream_loss(logits, targets, cfg.no_gesture_class)
+        loss, n = stream_loss(logits, targets, cfg.no_gesture_class, weights)
         stepper(loss)
         losses.append(float(loss.detach()))
         if n:

@@ -57,6 +57,8 @@ _HELP = {
     "max_batches": "stop each epoch after N batches (quick checks)",
     "backend": "export at the end: onnx | tensorrt | none",
     "init": "start from these weights (a state dict .pt, e.g. engine/models/demo.pt): fine-tune",
+    "onset_weight": "stream: loss weight of the first --onset-ms of every gesture (1: off)",
+    "onset_ms": "stream: how long after a gesture's onset --onset-weight applies, ms",
     "augment_copies": "distinct augmentation draws, cycled: epoch e plays draw e %% N; "
     "None: a fresh draw every epoch (the next one binned in the background while training)",
 }

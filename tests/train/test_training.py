@@ -18,6 +18,7 @@ from smastream.train.config import TrainConfig, config_from_mapping, load_toml, 
 from smastream.train.datasets import NO_GESTURE, PAD_TARGET
 from smastream.train.loop import (
     EpochResult,
+    OnsetClock,
     _atomic_checkpoint,
     _reset_lanes,
     build_model,
@@ -86,6 +87,34 @@ def test_stream_loss_counts_steps_and_masks_no_gesture_when_asked() -> None:
     assert float(loss12) == pytest.approx(want12, rel=1e-6)
     empty, n0 = stream_loss(logits, torch.full((3, 2), PAD_TARGET), True)
     assert n0 == 0 and float(empty) == 0.0
+
+
+def test_stream_loss_weights_are_a_weighted_mean_over_counted_steps() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 12)
+    targets = torch.tensor([[4, NO_GESTURE], [PAD_TARGET, 4], [2, PAD_TARGET]])
+    weights = torch.tensor([[3.0, 1.0], [7.0, 2.0], [1.0, 9.0]])  # PAD weights must not count
+    loss, n = stream_loss(logits, targets, True, weights)
+    logp = torch.log_softmax(logits, -1)
+    terms = [(3.0, -logp[0, 0, 4]), (1.0, -logp[0, 1, NO_GESTURE]), (2.0, -logp[1, 1, 4])]
+    terms.append((1.0, -logp[2, 0, 2]))
+    want = sum(w * float(c) for w, c in terms) / sum(w for w, _ in terms)
+    assert n == 4 and float(loss) == pytest.approx(want, rel=1e-6)
+    plain, _ = stream_loss(logits, targets, True)
+    ones, _ = stream_loss(logits, targets, True, torch.ones(3, 2))
+    assert float(plain) == pytest.approx(float(ones), rel=1e-6)
+
+
+def test_onset_clock_weights_the_first_steps_of_each_gesture_across_batches() -> None:
+    g, ng, pad = 3, NO_GESTURE, PAD_TARGET
+    clock = OnsetClock(batch_size=2, steps=3, weight=4.0)
+    lane0 = [ng, g, g, g, g, 5, 5]  # gesture 3 from step 1, gesture 5 right after it
+    lane1 = [g, g, pad, pad, 7, 7, 7]  # a recording that starts in a gesture, then idle
+    first = clock.weights(torch.tensor([lane0[:4], lane1[:4]]).T, torch.tensor([True, True]))
+    second = clock.weights(torch.tensor([lane0[4:], lane1[4:]]).T, torch.tensor([False, True]))
+    got = torch.cat([first, second]).T.tolist()
+    assert got[0] == [1, 4, 4, 4, 1, 4, 4]  # the clock carries the run over the batch edge
+    assert got[1] == [4, 4, 1, 1, 4, 4, 4]  # reset: lane 1's new recording starts afresh
 
 
 def test_reset_lanes_zeroes_only_flagged_lanes() -> None:
