@@ -242,7 +242,7 @@ def test_clip_of_frames_that_do_not_fill_whole_calls_is_a_one_line_error(
 
 def test_shipped_demo_model_holds_its_measured_level_on_the_held_out_demo_recording() -> None:
     """The README's evaluation command on the demo recording (seed 7, never used in training:
-    seeds 5000-5095, validation 15000-15001, tuning 12000-12011).
+    seeds 5000-5095, validation 15000-15001, tuning 12000-12023).
 
     A regression guard at the level the shipped model measured with its decision defaults
     (86.3 % of in-window steps, 10 of 10 gestures, onset p50 338 ms, a gesture on 7.3 % of
