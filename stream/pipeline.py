@@ -757,21 +757,20 @@ class Pipeline:
         """
         start = time.perf_counter()
         threads = [
-            threading.Thread(target=self._ingest, name="ingest", daemon=True),
-            threading.Thread(target=self._infer, name="infer", daemon=True),
+            _Stage(self._ingest, name="ingest"),
+            _Stage(self._infer, name="infer"),
         ]
         self._display_on = display is not None
         frames_done = display is None
         try:
             # started inside the try: a signal while start() waits for a thread must still
-            # stop and join the ones already running (else they outlive main, inside the
-            # runtime's C++ code, and the interpreter's exit aborts the process)
+            # stop and wait for the ones already running (else they outlive main, inside
+            # the runtime's C++ code, and the interpreter's exit aborts the process)
             for t in threads:
                 t.start()
             while True:
                 if frames_done:  # no display, or every frame shown: wait for the engine
-                    threads[1].join(timeout=0.05)
-                    if not threads[1].is_alive():
+                    if threads[1].done.wait(timeout=0.05):
                         break
                     if display is not None and not display_idle(display, self):
                         break
@@ -793,8 +792,7 @@ class Pipeline:
             self.stop.set()
             self.windows.close()
             self.display_frames.close()
-            for t in threads:
-                _join_started(t, timeout_s=10)
+            _wait_finished(threads, timeout_s=10)
             s = self.stats
             s.wall_s = time.perf_counter() - start
             s.dropped_windows = self.windows.dropped
@@ -806,20 +804,51 @@ class Pipeline:
         return self.stats
 
 
-def _join_started(thread: threading.Thread, timeout_s: float) -> None:
-    """``thread.join(timeout_s)``, also for a thread whose ``start()`` a signal interrupted:
-    it may still be about to run (``join`` refuses it until it has), or never will: it is
-    given a second to show up."""
+class _Stage(threading.Thread):
+    """A pipeline stage's thread, with ``done`` set once its target has returned.
+
+    The main thread waits on ``done``, never on ``Thread.join``: in Python 3.11 a
+    ``KeyboardInterrupt`` that lands inside ``join()`` can mark a thread that is still
+    running as stopped (the bpo-45274 clean-up releases the thread's own lock), so every
+    later ``join()`` returns at once while the engine thread is still inside the
+    runtime's C++ code, and the interpreter's exit aborts the process ("terminate called
+    without an active exception", death by SIGABRT) instead of exiting 0.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._stage = target
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._stage()
+        finally:
+            self.done.set()
+
+
+def _wait_finished(threads: Sequence[_Stage], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` in all until every stage's target has returned.
+
+    A stage whose ``start()`` a signal interrupted may still be about to run, or never
+    will: it is given a second to show up. A signal during the wait does not cut it
+    short (the stages must be out of the runtime before the process may exit): the
+    interruption is raised once every stage is done.
+    """
     now = time.monotonic()
     deadline, show_up = now + timeout_s, now + min(1.0, timeout_s)
-    while True:
-        try:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            return
-        except RuntimeError:  # "cannot join thread before it is started"
-            if time.monotonic() >= show_up:
-                return
-            time.sleep(0.01)
+    interrupted = False
+    for t in threads:
+        while not t.done.is_set():
+            now = time.monotonic()
+            if now >= deadline or (t.ident is None and now >= show_up):
+                break
+            try:
+                t.done.wait(min(0.05, deadline - now))
+            except KeyboardInterrupt:
+                interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def score_line(decisions: list[tuple[int, int | None]], labels_path: Path) -> str:

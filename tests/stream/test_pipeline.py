@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -221,6 +222,25 @@ def test_live_without_camera_is_a_one_line_error(
     assert main(["live", "--device", "davis346", "--model", str(model), "--no-display"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cameras found: none" in err[0] and "replay" in err[0]
+
+
+def test_a_signal_during_the_wait_for_the_stages_waits_them_out_first() -> None:
+    """A real SIGINT while the main thread waits for a stage still running: the wait goes
+    on until the stage's target has returned, then the interruption is raised. (Python
+    3.11's ``Thread.join`` cut by the same signal marked the running engine thread as
+    stopped; the process then exited under it and aborted in the runtime's C++ code.)"""
+    from smastream.stream.pipeline import _Stage, _wait_finished
+
+    stage = _Stage(lambda: time.sleep(0.6), name="slow")
+    stage.start()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _wait_finished([stage], timeout_s=10)
+    assert stage.done.is_set() and time.monotonic() - t0 >= 0.5
+    timer.join()
+    stage.join()
 
 
 def test_ctrl_c_closes_the_recording_and_exits_zero(tmp_path: Path, model: Path) -> None:
