@@ -16,6 +16,8 @@ during the cleanup is ignored rather than raised).
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import os
 import signal
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from smastream import __version__
 from smastream.errors import SmastreamError
@@ -141,24 +143,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signals.install()
     try:
-        return _main(argv, signals)
+        code = _main(argv, signals)
     except KeyboardInterrupt:  # the first signal, in the instant before a command ran
         print("smastream: interrupted", file=sys.stderr)
-        return 0
+        code = 0
     except Exception:
         # A KeyboardInterrupt inside a C extension's import comes out as another error
         # (numpy: "ImportError: PyCapsule_Import could not import module ..."): after a
         # signal, that is the interruption, not a bug to report.
-        if signals.received:
-            print("smastream: interrupted", file=sys.stderr)
-            return 0
-        raise
+        if not signals.received:
+            raise
+        print("smastream: interrupted", file=sys.stderr)
+        code = 0
     finally:
         signals.done = True
         if argv is not None:
             signals.restore()
         else:
             signals.ignore()
+    if argv is None and signals.received:
+        _exit_interrupted(code)
+    return code
+
+
+def _exit_interrupted(code: int) -> NoReturn:
+    """End an interrupted process now, with ``code``, without the interpreter's teardown.
+
+    CPython remembers a ``KeyboardInterrupt`` that escaped code it ran through
+    ``PyRun_String`` (pybind11's ``py::exec`` while an extension is imported, for one)
+    even when this module caught it further up, and after the teardown it kills the
+    process with SIGINT instead of returning the exit code: a Ctrl-C during start-up
+    became a death by signal (status -2) about one time in thirty. The command's own
+    ``finally`` blocks have closed its files and sockets and the pipeline's threads are
+    out of the runtime by now; exit handlers run and both output streams are flushed
+    before the process ends.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe: nothing to flush
+            stream.flush()
+    os._exit(code)
 
 
 def _main(argv: Sequence[str] | None, signals: _Signals) -> int:

@@ -126,3 +126,32 @@ def test_a_first_signal_lost_in_a_callback_is_raised_again(
         signals.restore()
     assert signal_mod.getsignal(signal_mod.SIGINT) is not signals.handler
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_interrupt_that_passed_through_an_embedded_eval_still_exits_zero(
+    tmp_path: Path,
+) -> None:
+    """A real SIGINT whose KeyboardInterrupt passes through code that an extension ran
+    with ``PyRun_String`` (pybind11's ``py::exec`` while it is imported): CPython notes it
+    and, after the teardown of a ``python -m`` run, killed the process with SIGINT
+    (status -2) although the CLI had caught the interruption and returned 0."""
+    (tmp_path / "launch_interrupted.py").write_text(
+        "import ctypes, sys\n"
+        "import smastream.commands.info as info\n"
+        "def run(args):\n"
+        "    ctypes.pythonapi.PyRun_SimpleString(\n"
+        "        b'import os, signal; os.kill(os.getpid(), signal.SIGINT)')\n"
+        "    raise KeyboardInterrupt  # as the interrupted import hands it on\n"
+        "info.run = run\n"
+        "from smastream.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch_interrupted", "info", "x.aedat4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "smastream info: interrupted"
