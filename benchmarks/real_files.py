@@ -2,6 +2,7 @@
 
     python benchmarks/real_files.py                          # engine/models/demo.onnx
     python benchmarks/real_files.py --model runs/demo/best.onnx
+    python benchmarks/real_files.py -- --min-confidence 0.4 --smooth-ms 150  # replay options
 
 Every file under the real-data folder whose format ``smastream`` reads (AEDAT 4, 3.1, 2.0,
 Prophesee RAW EVT 2/3, DAT; the format is sniffed from the header, as the readers do) is
@@ -11,11 +12,12 @@ replayed through the real pipeline, in-process, exactly as
         --model M --quiet
 
 (lossless: every window is inferred; the model's own bin width and the default decision
-settings). Each JSON line is one decided step; a step "has a gesture" when its decision is
-a class other than "no gesture". Prints one markdown row per file (steps decided, steps
-with a gesture, their share, and the classes decided with their step counts) and a total,
-ready to paste into the README; files it cannot read are listed below the table with the
-reason. The real-data folder is found beside the repository (``<repo>/../shared/data/real``).
+settings, or the ``smastream replay`` options given after ``--``). Each JSON line is one
+decided step; a step "has a gesture" when its decision is a class other than "no
+gesture". Prints one markdown row per file (steps decided, steps with a gesture, their
+share, and the classes decided with their step counts) and a total, ready to paste into
+the README; files it cannot read are listed below the table with the reason. The
+real-data folder is found beside the repository (``<repo>/../shared/data/real``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,15 +73,18 @@ def event_files(root: Path) -> tuple[list[tuple[Path, str]], list[tuple[Path, st
     return readable, unreadable
 
 
-def replay(path: Path, fmt: str, model: Path, workdir: Path) -> FileResult:
-    """Run ``smastream replay`` on ``path`` in-process and count its decisions.
+def replay(
+    path: Path, fmt: str, model: Path, workdir: Path, options: Sequence[str] = ()
+) -> FileResult:
+    """Run ``smastream replay`` on ``path`` in-process (with the replay ``options`` added)
+    and count its decisions.
 
     Raises:
         RuntimeError: the replay exits non-zero.
     """
     out = workdir / (path.name + ".jsonl")
     argv = ["replay", str(path), "--no-display", "--as-fast-as-possible"]
-    argv += ["--predictions", str(out), "--model", str(model), "--quiet"]
+    argv += ["--predictions", str(out), "--model", str(model), "--quiet", *options]
     rc = smastream_main(argv)
     if rc != 0:
         raise RuntimeError(f"smastream {' '.join(argv)} exited {rc}")
@@ -88,11 +94,14 @@ def replay(path: Path, fmt: str, model: Path, workdir: Path) -> FileResult:
     return FileResult(path, fmt, len(names), gestures, counts)
 
 
-def markdown(results: list[FileResult], root: Path, model: Path) -> str:
+def markdown(
+    results: list[FileResult], root: Path, model: Path, options: Sequence[str] = ()
+) -> str:
     """The table: one row per file and a total row."""
+    settings = f"`{' '.join(options)}`" if options else "the default decision settings"
     rows = [
-        f"Model `{_shown(model)}` on the real recordings of `{_shown(root)}` (none holds a "
-        "gesture):",
+        f"Model `{_shown(model)}` with {settings} on the real recordings of `{_shown(root)}` "
+        "(none holds a gesture):",
         "",
         "| file | format | steps decided | steps with a gesture | share | classes decided "
         "(steps) |",
@@ -125,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model to replay with")
     ap.add_argument("--data", type=Path, default=REAL, help="folder of real recordings")
+    ap.add_argument(
+        "replay_options",
+        nargs=argparse.REMAINDER,
+        help="after --: `smastream replay` options for every file (decision settings)",
+    )
     args = ap.parse_args(argv)
+    options = [o for o in args.replay_options if o != "--"]
     if not args.data.is_dir():
         print(f"real_files: {args.data} is not a folder", file=sys.stderr)
         return 1
@@ -137,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="real_files_") as tmp:
         for path, fmt in readable:
-            results.append(replay(path, fmt, args.model, Path(tmp)))
+            results.append(replay(path, fmt, args.model, Path(tmp), options))
     took = time.perf_counter() - tic
-    print(markdown(results, args.data, args.model))
+    print(markdown(results, args.data, args.model, options))
     if unreadable:
         print("\nNot replayed (no reader for the format):\n")
         for path, reason in unreadable:
