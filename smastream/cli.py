@@ -136,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     In a process of its own (``argv`` None) SIGINT and SIGTERM are ignored once the
     command has returned, so that a late signal cannot turn a clean exit into a
-    traceback or a death by signal; called with ``argv`` (tests) the previous handlers
-    are restored.
+    traceback or a death by signal, and an interrupted run ends in
+    :func:`_exit_interrupted`; called with ``argv`` (tests) the previous handlers are
+    restored and the code is returned.
     """
     signals = _Signals()
     if threading.current_thread() is threading.main_thread():
