@@ -115,6 +115,9 @@ class TrainConfig:
         onset_weight, onset_ms: Stream protocol: the loss weight of the steps in the first
             ``onset_ms`` of every gesture (:class:`~smastream.train.loop.OnsetClock`),
             every other step weighs 1; 1.0: plain per-step cross-entropy.
+        idle_weight: Stream protocol, with ``no_gesture_class``: the loss weight of the
+            "no gesture" steps (scenes and still gaps), to hold false gestures down when
+            ``onset_weight`` makes the network eager; 1.0: as every other step.
     """
 
     out: str = "runs/train"
@@ -158,6 +161,7 @@ class TrainConfig:
     augment_copies: int | None = None
     onset_weight: float = 1.0
     onset_ms: int = 300
+    idle_weight: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("preset", self.preset, PRESET_NAMES)
@@ -190,12 +194,10 @@ class TrainConfig:
             "azo_rcr",
         ):
             _int_at_least(name, getattr(self, name), 1)
-        if not (
-            isinstance(self.onset_weight, (int, float))
-            and math.isfinite(self.onset_weight)
-            and self.onset_weight >= 1
-        ):
-            raise ValueError(f"onset_weight must be a number >= 1, got {self.onset_weight!r}")
+        for name in ("onset_weight", "idle_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 1):
+                raise ValueError(f"{name} must be a number >= 1, got {value!r}")
         for name in ("warmup_steps", "synth_val_recordings", "workers", "seed", "onset_ms"):
             _int_at_least(name, getattr(self, name), 0)
         for name in ("threads", "augment_copies"):

@@ -190,15 +190,18 @@ class OnsetClock:
 
     A gesture step gets ``weight`` while it is one of the first ``steps`` steps of its
     gesture (counted from the first step with that class, across the chunks of a lane),
-    every other step 1. The clock carries each lane's last target and run length from
-    batch to batch; a lane flagged in ``reset`` starts a new recording. The optimum of
-    the cross-entropy per step is unchanged (the posterior); the weight moves the
-    network's capacity towards telling gestures apart early, where onset latency is
-    decided.
+    a "no gesture" step ``idle_weight``, every other step 1. The clock carries each
+    lane's last target and run length from batch to batch; a lane flagged in ``reset``
+    starts a new recording. The weights depend on the target, so they move the per-step
+    optimum as a prior would: ``weight`` towards the gesture classes where an input
+    could be the start of a gesture or no gesture (onsets come sooner, and so do false
+    gestures), ``idle_weight`` back towards "no gesture".
     """
 
-    def __init__(self, batch_size: int, steps: int, weight: float) -> None:
-        self.steps, self.weight = int(steps), float(weight)
+    def __init__(
+        self, batch_size: int, steps: int, weight: float, idle_weight: float = 1.0
+    ) -> None:
+        self.steps, self.weight, self.idle_weight = int(steps), float(weight), float(idle_weight)
         self.last = torch.full((batch_size,), PAD_TARGET, dtype=torch.int64)
         self.run = torch.zeros(batch_size, dtype=torch.int64)
 
@@ -212,7 +215,8 @@ class OnsetClock:
             run = torch.where(t == last, run + 1, torch.zeros_like(run))
             last = t
             early = (t >= 0) & (t != NO_GESTURE) & (run < self.steps)
-            out[s] = torch.where(early, self.weight, 1.0)
+            rest = torch.where(t == NO_GESTURE, self.idle_weight, 1.0)
+            out[s] = torch.where(early, self.weight, rest)
         self.last, self.run = last, run
         return out
 
@@ -514,7 +518,7 @@ def _stream_epoch(
 ) -> tuple[float, float]:
     device = stepper.device
     state = model.initial_state(batcher.batch_size, device)
-    clock = OnsetClock(batcher.batch_size, onset_steps(cfg), cfg.onset_weight)
+    clock = OnsetClock(batcher.batch_size, onset_steps(cfg), cfg.onset_weight, cfg.idle_weight)
     tot_loss = tot_n = tot_ok = 0.0
     net.train()
     it = iter(batcher)

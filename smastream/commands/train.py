@@ -59,6 +59,7 @@ _HELP = {
     "init": "start from these weights (a state dict .pt, e.g. engine/models/demo.pt): fine-tune",
     "onset_weight": "stream: loss weight of the first --onset-ms of every gesture (1: off)",
     "onset_ms": "stream: how long after a gesture's onset --onset-weight applies, ms",
+    "idle_weight": "stream: loss weight of the 'no gesture' steps (1: as the others)",
     "augment_copies": "distinct augmentation draws, cycled: epoch e plays draw e %% N; "
     "None: a fresh draw every epoch (the next one binned in the background while training)",
 }

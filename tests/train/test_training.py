@@ -115,6 +115,10 @@ def test_onset_clock_weights_the_first_steps_of_each_gesture_across_batches() ->
     got = torch.cat([first, second]).T.tolist()
     assert got[0] == [1, 4, 4, 4, 1, 4, 4]  # the clock carries the run over the batch edge
     assert got[1] == [4, 4, 1, 1, 4, 4, 4]  # reset: lane 1's new recording starts afresh
+    idle = OnsetClock(batch_size=2, steps=3, weight=4.0, idle_weight=2.0)
+    w = idle.weights(torch.tensor([lane0, lane1]).T, torch.tensor([True, True])).T.tolist()
+    assert w[0] == [2, 4, 4, 4, 1, 4, 4]  # "no gesture" steps weigh idle_weight
+    assert w[1] == [4, 4, 1, 1, 4, 4, 4]  # padding stays 1 (the loss does not count it)
 
 
 def test_reset_lanes_zeroes_only_flagged_lanes() -> None:
@@ -141,6 +145,8 @@ def test_config_validation_quotes_bad_values() -> None:
         TrainConfig(protocol="stream", temporal="paper")
     with pytest.raises(ValueError, match="mse"):
         TrainConfig(protocol="stream", loss="mse")
+    with pytest.raises(ValueError, match=r"idle_weight must be a number >= 1, got 0\.5"):
+        TrainConfig(idle_weight=0.5)
     with pytest.raises(ValueError, match="unknown training config keys \\['epoch'\\]"):
         config_from_mapping({"epoch": 3})
     assert parse_data_spec("dvsgesture:/x/y") == ("dvsgesture", "/x/y")
