@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         help="after --: `smastream replay` options for every file (decision settings)",
     )
     args = ap.parse_args(argv)
-    options = [o for o in args.replay_options if o != "--"]
+    options = args.replay_options[1:] if args.replay_options[:1] == ["--"] else args.replay_options
     if not args.data.is_dir():
         print(f"real_files: {args.data} is not a folder", file=sys.stderr)
         return 1
