@@ -40,6 +40,27 @@ def test_module_sequence_matches_golden() -> None:
     assert torch.allclose(v9, torch.full((2, 3), GOLDEN_H[8]))
 
 
+def test_sequence_gradient_equals_the_step_loop() -> None:
+    # sequence() walks the steps with unbind (one stack in backward); its gradients must be
+    # those of calling the module step by step, bit for bit.
+    torch.manual_seed(0)
+    lif = LIF().train()
+    x = (torch.randn(12, 3, 5) * 1.5).requires_grad_(True)
+    w = torch.randn(12, 3, 5)
+    s, v = lif.sequence(x, torch.zeros(3, 5))
+    ((s * w).sum() + v.sum()).backward()
+    assert x.grad is not None
+    got = x.grad.clone()
+    x.grad = None
+    v = torch.zeros(3, 5)
+    loss = torch.zeros(())
+    for t in range(12):
+        s_t, v = lif(x[t], v)
+        loss = loss + (s_t * w[t]).sum()
+    (loss + v.sum()).backward()
+    assert torch.equal(got, x.grad)
+
+
 def test_arctan_surrogate_gradient() -> None:
     h = torch.tensor([1.0, 1.5, 0.2, -3.0], requires_grad=True)
     spike(h, 1.0, surrogate=True, alpha=2.0).sum().backward()
