@@ -100,6 +100,10 @@ class SynthConfig:
             no-gesture scenes, see :data:`SCENES`), 0 <= share < 0.9. Scenes are added
             between the gestures until the share is reached; 0 or a share the gaps alone
             already reach adds none.
+        scene_weights: ``((name, factor), ...)``: multiply the draw weight of these scenes
+            (:data:`SCENES`) by ``factor`` >= 0, e.g. ``(("scratch", 3.0),)`` for training
+            data rich in the scenes a model confuses with gestures; empty (the default):
+            the standard mix.
     """
 
     sensor_size: tuple[int, int] = (128, 128)
@@ -120,6 +124,7 @@ class SynthConfig:
     render_hz: float = 1000.0
     t0_us: int = 0
     no_gesture_share: float = 0.45
+    scene_weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         w, h = (int(v) for v in self.sensor_size)
@@ -158,6 +163,14 @@ class SynthConfig:
             raise ValueError(f"no_gesture_share must be in [0, 0.9), got {self.no_gesture_share!r}")
         if int(self.t0_us) < 0:
             raise ValueError(f"t0_us must be >= 0, got {self.t0_us!r}")
+        weights = tuple((str(n), float(f)) for n, f in self.scene_weights)
+        object.__setattr__(self, "scene_weights", weights)
+        for name, factor in weights:
+            if name not in SCENES:
+                raise ValueError(f"scene_weights: unknown scene {name!r}; valid: {SCENES}")
+            if not (math.isfinite(factor) and factor >= 0):
+                raise ValueError(f"scene_weights: {name} factor must be >= 0, got {factor!r}")
+        _scene_probabilities(weights)
 
     @property
     def duration_us(self) -> int:
@@ -244,10 +257,25 @@ _SCENE_W = np.array(
     [0.3 if name in ("leave_empty", "pan") else 0.6 if name == "flicker" else 1.0
      for name in SCENES]
 )  # fmt: skip
-_SCENE_P = _SCENE_W / _SCENE_W.sum()
-"""Scene probabilities: leaving the frame and a pan sweep every pixel, so they are drawn
+"""Scene draw weights: leaving the frame and a pan sweep every pixel, so they are drawn
 less often (still stretches, to an event camera, are already scenes with only sensor
 noise); flicker costs a full-frame render per frame."""
+
+
+def _scene_probabilities(factors: tuple[tuple[str, float], ...]) -> FloatArray:
+    """Draw probabilities of :data:`SCENES`: :data:`_SCENE_W` times ``factors`` (see
+    :attr:`SynthConfig.scene_weights`), normalised.
+
+    Raises:
+        ValueError: every weight is 0.
+    """
+    w = _SCENE_W.copy()
+    for name, factor in factors:
+        w[SCENES.index(name)] *= factor
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError("scene_weights: every scene's weight is 0")
+    return w / total
 
 
 @dataclass(frozen=True)
@@ -910,6 +938,7 @@ class SyntheticGestures:
         cfg = self.config
         rng = np.random.default_rng(self._seed_schedule)
         rng_scene = np.random.default_rng(self._seed_scene)
+        scene_p = _scene_probabilities(cfg.scene_weights)
         total = cfg.duration_us
         step = self.frame_us  # windows start and end on frame times: no motion outside them
         # Mean scene length that brings the no-gesture share to the target.
@@ -939,7 +968,7 @@ class SyntheticGestures:
                     rng.uniform(size=16),
                 )
                 if scene_mean > 0.2:  # a scene, then a short still gap, before the gesture
-                    name = SCENES[int(rng_scene.choice(len(SCENES), p=_SCENE_P))]
+                    name = SCENES[int(rng_scene.choice(len(SCENES), p=scene_p))]
                     sd = round(rng_scene.uniform(0.6, 1.4) * scene_mean * 1e6 / step) * step
                     if name in ("walk", "leave_empty"):
                         sd = max(sd, 2_500_000 if name == "walk" else 4_000_000)

@@ -85,6 +85,11 @@ class TrainConfig:
         synth_recordings, synth_val_recordings, synth_seconds, synth_seed: Synthetic
             data: how many recordings, how long, seeds ``synth_seed + i`` (validation:
             ``synth_seed + 10000 + i``). The demo seeds 7 and 8 are refused.
+        synth_scene_weights: Synthetic training and validation data:
+            ``"NAME=FACTOR,..."`` multiplies the draw weight of these no-gesture scenes
+            (``SynthConfig.scene_weights``), e.g. ``"scratch=3,reach_object=3"`` for more
+            of the scenes a model mistakes for gestures; ``None``: the standard mix
+            (evaluation data always has the standard mix).
         amp: fp16 autocast + grad scaling on CUDA (ignored on CPU).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         workers: Processes that prepare the data (synthetic recordings, preprocessing into
@@ -149,6 +154,7 @@ class TrainConfig:
     synth_val_recordings: int = 2
     synth_seconds: float = 40.0
     synth_seed: int = 1000
+    synth_scene_weights: str | None = None
     amp: bool = True
     device: str = "auto"
     workers: int = 0
@@ -226,6 +232,7 @@ class TrainConfig:
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
         parse_data_spec(self.data)
+        parse_scene_weights(self.synth_scene_weights)
 
     @property
     def resolved_loss(self) -> str:
@@ -295,6 +302,35 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
         root = spec.partition(":")[2]
         return "dvsgesture", root or None
     return "folder", spec
+
+
+def parse_scene_weights(text: str | None) -> tuple[tuple[str, float], ...]:
+    """``"scratch=3,reach_object=2"`` as ``(("scratch", 3.0), ("reach_object", 2.0))``;
+    ``None`` or ``""``: ``()``.
+
+    Raises:
+        ValueError: not ``NAME=FACTOR`` pairs, an unknown scene or a factor < 0 (quoting it).
+    """
+    from smastream.stream.synthetic import SCENES
+
+    if not text:
+        return ()
+    out: list[tuple[str, float]] = []
+    for item in str(text).split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not sep or name not in SCENES or not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(
+                f"synth_scene_weights: {item.strip()!r} is not NAME=FACTOR with a scene of "
+                f"{', '.join(SCENES)} and a factor >= 0"
+            )
+        out.append((name, factor))
+    if len({n for n, _ in out}) != len(out):
+        raise ValueError(f"synth_scene_weights: a scene repeats in {text!r}")
+    return tuple(out)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -63,16 +63,17 @@ def geometry_for(sensor_size: tuple[int, int], input_size: tuple[int, int]) -> d
     return {"crop": crop, "downsample": 1, "output_size": out}
 
 
-def synthetic_profile(seed: int, timing: dict[str, Any] | None = None) -> dict[str, Any]:
+def synthetic_profile(seed: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generator options of synthetic training recording ``seed``.
 
     Two profiles alternate so the model sees both sensor settings: even seeds use the
     generator's calibrated defaults (:class:`~smastream.stream.synthetic.SynthConfig`:
     threshold 0.25, noise 0.03 Hz), odd seeds a less sensitive sensor (threshold 0.3, noise
     0.05 Hz, inside the real range of ``spec/real-dvs128.md``). Gestures last 2-3.5 s,
-    gaps 0.5-1.5 s, unless ``timing`` (e.g. :data:`DVSGESTURE_TIMING`) says otherwise.
+    gaps 0.5-1.5 s. ``options`` are other generator fields, or override these (e.g.
+    :data:`DVSGESTURE_TIMING`, or ``scene_weights``).
     """
-    opts: dict[str, Any] = {"gesture_s": (2.0, 3.5), "gap_s": (0.5, 1.5), **(timing or {})}
+    opts: dict[str, Any] = {"gesture_s": (2.0, 3.5), "gap_s": (0.5, 1.5), **(options or {})}
     if seed % 2:
         opts.update(threshold_on=0.3, threshold_off=0.3, noise_hz=0.05)
     return opts
@@ -84,13 +85,13 @@ def synthetic_recordings(
     seconds: float,
     progress: bool,
     workers: int = 0,
-    timing: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[Recording]:
     """The synthetic recordings of ``seeds`` (generated where missing), in seed order;
-    ``timing`` as in :func:`synthetic_profile`."""
+    ``options`` as in :func:`synthetic_profile`."""
     groups: dict[str, list[int]] = {}
     for seed in seeds:  # one call per generator profile, so that one pool does a group
-        key = repr(sorted(synthetic_profile(seed, timing).items()))
+        key = repr(sorted(synthetic_profile(seed, options).items()))
         groups.setdefault(key, []).append(seed)
     by_seed: dict[int, Recording] = {}
     for group in groups.values():
@@ -101,7 +102,7 @@ def synthetic_recordings(
             "dvs128",
             progress=progress,
             workers=workers,
-            **synthetic_profile(group[0], timing),
+            **synthetic_profile(group[0], options),
         )
         by_seed.update(zip(group, recs, strict=True))
     if progress:

@@ -630,7 +630,7 @@ def _recordings_for(data: str, cache_dir: Path) -> list[Any]:
             SYNTH_LONG_SEEDS,
             SYNTH_LONG_SECONDS,
             False,
-            timing=DVSGESTURE_TIMING,
+            options=DVSGESTURE_TIMING,
         )
     kind, root = parse_data_spec(data)
     if kind == "synthetic":

@@ -83,7 +83,13 @@ from smastream.engine.torch_runtime import with_flush_denormal
 from smastream.errors import FormatError, SmastreamError
 from smastream.gestures import CLASS_NAMES, NUM_CLASSES
 
-from .config import TrainConfig, config_from_mapping, config_to_dict, parse_data_spec
+from .config import (
+    TrainConfig,
+    config_from_mapping,
+    config_to_dict,
+    parse_data_spec,
+    parse_scene_weights,
+)
 from .data import SYNTH_SENSOR, VAL_SEED_OFFSET, geometry_for, sensor_of, synthetic_recordings
 from .datasets import (
     NO_GESTURE,
@@ -287,13 +293,15 @@ def load_data(
         folder = cache / "synthetic"
         seeds = [cfg.synth_seed + i for i in range(cfg.synth_recordings)]
         vseeds = [cfg.synth_seed + VAL_SEED_OFFSET + i for i in range(cfg.synth_val_recordings)]
+        weights = parse_scene_weights(cfg.synth_scene_weights)
+        options = {"scene_weights": weights} if weights else None
         if rank == 0:
             synthetic_recordings(
-                folder, seeds + vseeds, cfg.synth_seconds, cfg.progress, cfg.workers
+                folder, seeds + vseeds, cfg.synth_seconds, cfg.progress, cfg.workers, options
             )
         _barrier()
-        train_recs = synthetic_recordings(folder, seeds, cfg.synth_seconds, False)
-        val_recs = synthetic_recordings(folder, vseeds, cfg.synth_seconds, False)
+        train_recs = synthetic_recordings(folder, seeds, cfg.synth_seconds, False, 0, options)
+        val_recs = synthetic_recordings(folder, vseeds, cfg.synth_seconds, False, 0, options)
     elif kind == "dvsgesture":
         from .dvsgesture import dvsgesture_recordings, prepare_dvsgesture
 

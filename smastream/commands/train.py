@@ -51,6 +51,8 @@ _HELP = {
     "synth_val_recordings": "synthetic: validation recordings",
     "synth_seconds": "synthetic: seconds per recording",
     "synth_seed": "synthetic: first seed (7 and 8 are the demo's and refused)",
+    "synth_scene_weights": "synthetic: NAME=FACTOR,... more or fewer of these no-gesture "
+    "scenes (e.g. scratch=3,reach_object=3)",
     "device": "auto | cpu | cuda | cuda:N",
     "workers": "processes preparing the data (and DataLoader workers, clip protocol)",
     "threads": "torch CPU threads (1 is often fastest on a busy machine)",

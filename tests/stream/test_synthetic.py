@@ -18,6 +18,7 @@ from smastream.stream.events import EVENT_DTYPE, Events, sensor_size, validate_e
 from smastream.stream.formats import open_events
 from smastream.stream.formats.labels import GestureWindow, labels_path_for, read_labels
 from smastream.stream.synthetic import (
+    SCENES,
     SHOULDER_X,
     SHOULDER_Y,
     SynthConfig,
@@ -73,6 +74,43 @@ def _inside(events: Events, windows: list[GestureWindow], after_us: int = 200_00
 def test_bad_config_is_rejected_quoting_the_value(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         SynthConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ((("scratching", 2.0),), "unknown scene 'scratching'"),
+        ((("scratch", -1.0),), "scratch factor must be >= 0"),
+        ((("scratch", math.inf),), "scratch factor must be >= 0"),
+        (tuple((name, 0.0) for name in SCENES), "every scene's weight is 0"),
+    ],
+)
+def test_bad_scene_weights_are_rejected(
+    weights: tuple[tuple[str, float], ...], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        SynthConfig(scene_weights=weights)
+
+
+def _scene_names(cfg: SynthConfig) -> list[str]:
+    return [s.name for s in SyntheticGestures(cfg).scenes if s.name != "idle"]
+
+
+def test_scene_weights_change_the_mix_and_ones_change_nothing() -> None:
+    base = SynthConfig(seconds=600.0, seed=3)
+    standard = _scene_names(base)
+    assert len(set(standard)) >= 8  # the standard mix draws most scenes
+    ones = SynthConfig(seconds=600.0, seed=3, scene_weights=tuple((n, 1.0) for n in SCENES))
+    assert _scene_names(ones) == standard  # factors of 1: the very same draws
+    only = SynthConfig(
+        seconds=600.0,
+        seed=3,
+        scene_weights=tuple((n, 0.0) for n in SCENES if n not in ("scratch", "reach_object")),
+    )
+    drawn = _scene_names(only)
+    assert drawn and set(drawn) == {"scratch", "reach_object"}
+    more = _scene_names(SynthConfig(seconds=600.0, seed=3, scene_weights=(("scratch", 4.0),)))
+    assert more.count("scratch") > 2 * standard.count("scratch")
 
 
 def test_schedule_has_every_class_in_shuffled_rounds_with_gaps() -> None:

@@ -14,7 +14,13 @@ import torch
 
 from smastream.engine.model import NetState, load_checkpoint
 from smastream.errors import FormatError, SmastreamError
-from smastream.train.config import TrainConfig, config_from_mapping, load_toml, parse_data_spec
+from smastream.train.config import (
+    TrainConfig,
+    config_from_mapping,
+    load_toml,
+    parse_data_spec,
+    parse_scene_weights,
+)
 from smastream.train.datasets import NO_GESTURE, PAD_TARGET
 from smastream.train.loop import (
     EpochResult,
@@ -147,6 +153,17 @@ def test_config_validation_quotes_bad_values() -> None:
         TrainConfig(protocol="stream", loss="mse")
     with pytest.raises(ValueError, match=r"idle_weight must be a number >= 1, got 0\.5"):
         TrainConfig(idle_weight=0.5)
+    with pytest.raises(ValueError, match="'scratch=lots' is not NAME=FACTOR"):
+        TrainConfig(synth_scene_weights="scratch=lots")
+    with pytest.raises(ValueError, match="'wave=2' is not NAME=FACTOR"):
+        TrainConfig(synth_scene_weights="scratch=2, wave=2")
+    with pytest.raises(ValueError, match="a scene repeats"):
+        TrainConfig(synth_scene_weights="scratch=2,scratch=3")
+    assert parse_scene_weights(" scratch=3, reach_object=0.5") == (
+        ("scratch", 3.0),
+        ("reach_object", 0.5),
+    )
+    assert parse_scene_weights(None) == parse_scene_weights("") == ()
     with pytest.raises(ValueError, match="unknown training config keys \\['epoch'\\]"):
         config_from_mapping({"epoch": 3})
     assert parse_data_spec("dvsgesture:/x/y") == ("dvsgesture", "/x/y")
