@@ -90,7 +90,10 @@ class TrainConfig:
             (``SynthConfig.scene_weights``), e.g. ``"scratch=3,reach_object=3"`` for more
             of the scenes a model mistakes for gestures; ``None``: the standard mix
             (evaluation data always has the standard mix).
-        amp: fp16 autocast + grad scaling on CUDA (ignored on CPU).
+        amp: Mixed precision (``loop.amp_dtype``): fp16 autocast + grad scaling on CUDA;
+            bf16 autocast on a CPU that has native bf16 (AVX512-BF16 or AMX: a training
+            step of the demo network ~35 % faster, ``benchmarks/bench_train_step.py``);
+            float32 on other CPUs.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         workers: Processes that prepare the data (synthetic recordings, preprocessing into
             the cache) and DataLoader workers (clip protocol); 0: all in this process

@@ -468,6 +468,28 @@ def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterat
         bar.close()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there oneDNN's
+    bf16 convolutions are faster than fp32; elsewhere they are emulated, and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``TrainConfig.amp`` on ``device``: float16 on CUDA (with loss
+    scaling), bfloat16 on a CPU with native bf16, else ``None`` (float32 throughout).
+
+    Autocast lowers only the convolutions and matrix products; the membranes, the state
+    carried between chunks and the loss stay float32, and exported models are float32."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
 def _reset_lanes(state: NetState, reset: Tensor) -> NetState:
     """Zero the state of the lanes flagged in ``reset`` ([B] bool), detach the rest."""
     out = {}
@@ -486,16 +508,17 @@ class _Stepper:
         self.cfg = cfg
         self.params = params
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.use_amp = cfg.amp and device.type == "cuda"
+        self.amp_dtype = amp_dtype(cfg.amp, device)
+        self.use_amp = self.amp_dtype is torch.float16  # loss scaling: fp16 only
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.step = 0
         self.total = total
         self.device = device
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.use_amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @property
     def lr(self) -> float:
@@ -1126,6 +1149,10 @@ def train(
 
     params = [p for p in model.parameters() if p.requires_grad]
     stepper = _Stepper(cfg, params, device, cfg.epochs * per_epoch)
+    if dist_.main and cfg.progress:
+        amp = stepper.amp_dtype
+        precision = "float32" if amp is None else f"{str(amp).removeprefix('torch.')} autocast"
+        print(f"training on {device}, {precision}", file=sys.stderr, flush=True)
     start_epoch, best = 0, -math.inf
     history: list[EpochResult] = []
     if loaded is not None:

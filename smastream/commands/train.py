@@ -68,7 +68,7 @@ _HELP = {
 _BOOLS = {
     "azo": "Attention ZoneOut during training",
     "no_gesture_class": "stream protocol: train a 12th 'no gesture' output",
-    "amp": "fp16 autocast on CUDA",
+    "amp": "mixed precision: fp16 on CUDA, bf16 on a CPU with native bf16",
     "progress": "progress bars",
     "augment": "stream: tonic event augmentation (default: on for synthetic data)",
 }
