@@ -59,7 +59,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -758,17 +758,21 @@ _KEPT_ON_RESUME = (
     "threads",
     "workers",
 )
-"""Settings a resumed run takes from the command line; the rest come from the checkpoint."""
+"""Settings a resumed run may take from the command line; the rest come from the checkpoint."""
 
 
-def _resumed(cfg: TrainConfig, path: Path) -> tuple[TrainConfig, SMASNN, dict[str, Any]]:
-    """The checkpoint's network and extra dict, and its training config with
-    :data:`_KEPT_ON_RESUME` taken from ``cfg``."""
+def _resumed(
+    cfg: TrainConfig, path: Path, given: Collection[str] | None = None
+) -> tuple[TrainConfig, SMASNN, dict[str, Any]]:
+    """The checkpoint's network and extra dict, and its training config with those of
+    :data:`_KEPT_ON_RESUME` taken from ``cfg`` that are in ``given`` (``None``: all of them;
+    ``out`` always: the run folder is where the run continues)."""
     loaded, extra = load_checkpoint(path)
     saved = extra.get("train_config")
     if not isinstance(saved, dict):
         raise FormatError(path, None, "checkpoint has no training config to resume")
-    keep = {k: getattr(cfg, k) for k in _KEPT_ON_RESUME}
+    names = [k for k in _KEPT_ON_RESUME if given is None or k in given or k == "out"]
+    keep = {k: getattr(cfg, k) for k in names}
     return config_from_mapping({**saved, **keep}), loaded, extra
 
 
@@ -1109,6 +1113,7 @@ def train(
     *,
     resume: str | Path | bool | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    given: Collection[str] | None = None,
 ) -> TrainResult:
     """Train a network as ``cfg`` says; write checkpoints, metrics, plots and the export.
 
@@ -1117,8 +1122,11 @@ def train(
         resume: ``True`` (``cfg.out/last.pt``), a checkpoint path or run folder, or None.
             The resumed run takes the checkpoint's training config except ``epochs``,
             ``out``, ``progress``, ``device``, ``max_batches``, ``backend``,
-            ``cache_dir``, ``threads`` and ``workers``.
+            ``cache_dir``, ``threads`` and ``workers`` — of those, with ``given``, only
+            the ones named there (the rest keep the checkpoint's values).
         on_epoch: Called after every epoch with its result (rank 0).
+        given: The names of the settings the user set (``smastream train`` passes its
+            TOML keys and flags); ``None``: every field of ``cfg`` counts as set.
 
     Returns:
         :class:`TrainResult`.
@@ -1131,7 +1139,7 @@ def train(
     loaded: SMASNN | None = None
     ckpt_extra: dict[str, Any] = {}
     if resume_path is not None:
-        cfg, loaded, ckpt_extra = _resumed(cfg, resume_path)
+        cfg, loaded, ckpt_extra = _resumed(cfg, resume_path, given)
 
     dist_ = _init_distributed(cfg.device)
     device = resolve_device(cfg.device)

@@ -108,13 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`TrainConfig` of defaults < ``--config`` TOML < flags.
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` keys the user set: the ``--config`` TOML's, then the flags
+    given (a flag wins over the file).
 
     Raises:
-        SmastreamError: an unreadable TOML file; ConfigError: a bad value (one line).
+        SmastreamError: an unreadable TOML file.
     """
-    from smastream.train.config import TrainConfig, config_from_mapping, load_toml
+    from smastream.train.config import TrainConfig, load_toml
 
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -123,8 +124,19 @@ def config_from_args(args: argparse.Namespace) -> Any:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`TrainConfig` of defaults < ``--config`` TOML < flags.
+
+    Raises:
+        SmastreamError: an unreadable TOML file; ConfigError: a bad value (one line).
+    """
+    from smastream.train.config import config_from_mapping
+
     try:
-        return config_from_mapping(values)
+        return config_from_mapping(given_settings(args))
     except (ValueError, TypeError) as exc:  # the validation of the user's values, only
         raise ConfigError(str(exc)) from None
 
@@ -140,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
     # No blanket ``except ValueError`` here: the user's values were checked above, and
     # train() raises SmastreamError subclasses for bad data; any other error is a bug and
     # keeps its traceback.
-    result = train(cfg, resume=args.resume)
+    # On --resume only the settings given here override the checkpoint's (a bare
+    # ``--resume`` continues the run as it was planned, not with the defaults).
+    result = train(cfg, resume=args.resume, given=set(given_settings(args)))
     last = result.history[-1] if result.history else None
     summary = {
         "out": cfg.out,

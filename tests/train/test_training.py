@@ -309,6 +309,32 @@ def test_resume_gives_the_same_next_losses(tmp_path: Path, cache: Path, protocol
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bare_resume_flag_continues_the_run_as_planned(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``smastream train --out RUN --resume`` keeps the checkpoint's epochs and batches per
+    epoch (it once took the defaults: 12 epochs of every batch); a flag given overrides."""
+    from smastream.commands import train as cmd
+
+    cfg = tiny(tmp_path, cache, epochs=2, max_batches=2)
+
+    def interrupt(result: EpochResult) -> None:
+        raise KeyboardInterrupt  # after epoch 1's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_epoch=interrupt)
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    argv = ["--out", cfg.out, "--resume", "--cache-dir", str(cache), "--no-progress", "--json"]
+    assert cmd.run(parser.parse_args(argv)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    metrics = Path(cfg.out) / "metrics.jsonl"
+    assert [json.loads(line)["batches"] for line in metrics.read_text().splitlines()] == [2, 2]
+    assert summary["last"]["batches"] == 2
+    assert cmd.run(parser.parse_args([*argv, "--epochs", "3"])) == 0
+    assert len(metrics.read_text().splitlines()) == 3
+
+
 def test_resume_without_checkpoint_is_one_line_error(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(SmastreamError, match="no checkpoint to resume"):
         train(tiny(tmp_path, cache), resume=True)
