@@ -18,8 +18,12 @@ Mul, Add, GreaterOrEqual, Cast and Where.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numba
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,6 +119,144 @@ def lif_step(
     return s, v_next
 
 
+# -- training sequences on the CPU: one pass over memory per layer -----------------------
+#
+# In training, T steps of lif_step in PyTorch are ~8 elementwise kernels a step forward and
+# as many backward, each a full pass over the layer's [B, C, H, W] tensor: more than half
+# of a CPU training step of the demo network, all of it memory traffic. These two kernels
+# walk the T steps per neuron in registers instead (forward: read X, write H and S; backward:
+# read H and dL/dS, write dL/dX), in tiles of neurons split across threads. They evaluate
+# the step loop's float32 expressions in its order (no fused multiply-add), so spikes,
+# membranes and gradients are those of the step loop bit for bit (tests/engine/test_lif.py).
+
+_TILE = 2048  # neurons per tile: a tile's membranes stay in L1 across the T steps
+
+
+@numba.njit(cache=True, nogil=True)
+def _lif_forward_kernel(
+    x: Any, v: Any, h_out: Any, s_out: Any, inv_tau: Any, threshold: Any, start: int, stop: int
+) -> None:
+    """x, h_out, s_out [T, N] float32; v [N] float32: in, V_0; out, V_T. Neurons start:stop."""
+    neg = np.float32(-1.0)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for lo in range(start, stop, _TILE):
+        hi = min(lo + _TILE, stop)
+        for t in range(x.shape[0]):
+            for n in range(lo, hi):
+                vn = v[n]
+                h = vn + (x[t, n] + vn * neg) * inv_tau
+                h_out[t, n] = h
+                fired = h >= threshold
+                s_out[t, n] = one if fired else zero
+                v[n] = zero if fired else h
+
+
+@numba.njit(cache=True, nogil=True)
+def _lif_backward_kernel(
+    h: Any,
+    grad_s: Any,
+    grad_v: Any,
+    grad_x: Any,
+    inv_tau: Any,
+    threshold: Any,
+    half_alpha: Any,
+    scale: Any,
+    start: int,
+    stop: int,
+) -> None:
+    """h, grad_s, grad_x [T, N]; grad_v [N]: in, dL/dV_T; out, dL/dV_0. float32."""
+    neg = np.float32(-1.0)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for lo in range(start, stop, _TILE):
+        hi = min(lo + _TILE, stop)
+        for t in range(h.shape[0] - 1, -1, -1):
+            for n in range(lo, hi):
+                hn = h[t, n]
+                d = scale * (hn - threshold)
+                # _ATanSpike.backward, then the reset's gradient (none where it fired)
+                g = grad_s[t, n] * half_alpha / (one + d * d)
+                g = g + (zero if hn >= threshold else grad_v[n])
+                grad_x[t, n] = g * inv_tau
+                grad_v[n] = g + g * inv_tau * neg  # H = v + (x + v·(-1))·(1/tau)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
+
+
+def _forget_pools() -> None:  # a forked child does not inherit the pools' threads
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
+def _run_tiled(kernel: Any, n: int, *args: Any) -> None:
+    """``kernel(*args, start, stop)`` over neurons 0..n, split across torch's thread count."""
+    threads = max(1, min(torch.get_num_threads(), -(-n // _TILE)))
+    if threads == 1:
+        kernel(*args, 0, n)
+        return
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lif")
+    step = -(-n // (threads * _TILE)) * _TILE
+    ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    for future in [pool.submit(kernel, *args, *r) for r in ranges]:
+        future.result()
+
+
+class _LIFSequence(torch.autograd.Function):
+    """T training steps of :func:`lif_step` (surrogate on) as one node, on the CPU."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, v: Tensor, tau: float, threshold: float, alpha: float
+    ) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
+        steps = x.shape[0]
+        x2 = x.detach().to(torch.float32).contiguous().view(steps, -1).numpy()
+        v_out = v.detach().to(torch.float32).contiguous().clone()
+        h = np.empty_like(x2)
+        s = np.empty_like(x2)
+        f32 = np.float32
+        _run_tiled(
+            _lif_forward_kernel, x2.shape[1], x2, v_out.view(-1).numpy(), h, s,
+            f32(1.0 / tau), f32(threshold),
+        )  # fmt: skip
+        ctx.save_for_backward(torch.from_numpy(h))
+        ctx.constants = (tau, threshold, alpha, x.dtype, v.dtype, x.shape)
+        return torch.from_numpy(s).view(x.shape), v_out
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_spikes: Tensor | None, grad_v: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        (h,) = ctx.saved_tensors
+        tau, threshold, alpha, x_dtype, v_dtype, shape = ctx.constants
+        steps, n = h.shape
+        gs = (
+            np.zeros((steps, n), np.float32)
+            if grad_spikes is None
+            else grad_spikes.to(torch.float32).contiguous().view(steps, n).numpy()
+        )
+        gv = (
+            torch.zeros(n)
+            if grad_v is None
+            else grad_v.to(torch.float32).contiguous().view(-1).clone()
+        )
+        grad_x = np.empty((steps, n), np.float32)
+        f32 = np.float32
+        _run_tiled(
+            _lif_backward_kernel, n, h.numpy(), gs, gv.numpy(), grad_x,
+            f32(1.0 / tau), f32(threshold), f32(alpha / 2.0), f32(math.pi * alpha / 2.0),
+        )  # fmt: skip
+        gx = torch.from_numpy(grad_x).view(shape).to(x_dtype) if ctx.needs_input_grad[0] else None
+        gv0 = gv.view(shape[1:]).to(v_dtype) if ctx.needs_input_grad[1] else None
+        return gx, gv0, None, None, None
+
+
 class LIF(nn.Module):
     """A layer of LIF neurons; holds only its constants, never its membrane.
 
@@ -147,10 +289,13 @@ class LIF(nn.Module):
         Returns:
             ``(spikes[T, ...], v_after_last_step[...])``.
         """
+        if x.shape[1:] != v.shape:
+            raise ValueError(f"x and v shapes differ: {tuple(x.shape[1:])} vs {tuple(v.shape)}")
+        fused = x.device.type == "cpu" and torch.result_type(x, v) == torch.float32
+        if fused and self.training and torch.is_grad_enabled():
+            spikes, v_last = _LIFSequence.apply(x, v, self.tau, self.threshold, self.alpha)
+            return spikes, v_last
         out = []
-        # unbind, not x[t]: the backward of T selects zero-fills and adds a full [T, ...]
-        # gradient T times (O(T²) memory traffic; a fifth of a training step at T = 16),
-        # unbind's backward is one stack.
         for x_t in x.unbind(0):
             s, v = self(x_t, v)
             out.append(s)

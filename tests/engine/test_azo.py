@@ -85,6 +85,33 @@ def test_gradients_flow_through_copied_values() -> None:
     assert torch.equal(p.grad, expected)
 
 
+def _where_form(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """AZO as it was first written: a full select of the shifted map."""
+    previous = torch.cat([p[:1], p[:-1]], dim=0)
+    m = mask.view(mask.shape[0], 1, mask.shape[1], *([1] * (p.dim() - 3)))
+    return torch.where(m, previous, p)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_apply_equals_the_full_select_bit_for_bit(seed: int) -> None:
+    # azo_apply touches only the chosen cells; values and gradients must be those of
+    # where(mask, p shifted by one step, p), including runs of consecutive chosen steps
+    # and a mask row 0 (which changes nothing).
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(9, 7, generator=g) < 0.3
+    mask[3:6, 2] = True
+    w = torch.randn(9, 3, 7, 4, 5, generator=g)
+    p0 = torch.randn(9, 3, 7, 4, 5, generator=g)
+    grads = []
+    for form in (azo_apply, _where_form):
+        p = p0.clone().requires_grad_(True)
+        out = form(p, mask)
+        (out * w).sum().backward()
+        grads.append((out.detach(), p.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])
+
+
 def test_step_zero_is_never_replaced() -> None:
     w_t, w_c = _weights(4, 1, 4, 10, 0)
     w_t[0] = 0.0  # step 0 has the smallest weight in every branch

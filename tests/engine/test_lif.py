@@ -40,25 +40,63 @@ def test_module_sequence_matches_golden() -> None:
     assert torch.allclose(v9, torch.full((2, 3), GOLDEN_H[8]))
 
 
-def test_sequence_gradient_equals_the_step_loop() -> None:
-    # sequence() walks the steps with unbind (one stack in backward); its gradients must be
-    # those of calling the module step by step, bit for bit.
-    torch.manual_seed(0)
-    lif = LIF().train()
-    x = (torch.randn(12, 3, 5) * 1.5).requires_grad_(True)
-    w = torch.randn(12, 3, 5)
-    s, v = lif.sequence(x, torch.zeros(3, 5))
-    ((s * w).sum() + v.sum()).backward()
-    assert x.grad is not None
-    got = x.grad.clone()
-    x.grad = None
-    v = torch.zeros(3, 5)
-    loss = torch.zeros(())
-    for t in range(12):
-        s_t, v = lif(x[t], v)
-        loss = loss + (s_t * w[t]).sum()
-    (loss + v.sum()).backward()
-    assert torch.equal(got, x.grad)
+@pytest.mark.parametrize(
+    ("shape", "tau", "dtype", "threads"),
+    [
+        ((12, 3, 5), 2.0, torch.float32, 1),
+        ((7, 2, 3, 40, 41), 2.0, torch.float32, 2),  # 9,840 neurons: tiles on 2 threads
+        ((9, 4, 300), 3.0, torch.float32, 2),  # 1/tau inexact
+        ((8, 2, 500), 2.0, torch.bfloat16, 2),  # bf16 currents (autocast), float32 membrane
+    ],
+)
+def test_sequence_equals_the_step_loop_bit_for_bit(
+    shape: tuple[int, ...], tau: float, dtype: torch.dtype, threads: int
+) -> None:
+    # In training, sequence() runs the T steps in one kernel per layer (_LIFSequence);
+    # spikes, the last membrane and the gradients of the currents and of the initial
+    # membrane must be those of calling the module step by step, bit for bit. Currents
+    # on the threshold (exactly 1 after the leak) and a loss on the last membrane included.
+    g = torch.Generator().manual_seed(len(shape))
+    lif = LIF(tau=tau).train()
+    x0 = (torch.randn(shape, generator=g) * 1.5).to(dtype)
+    x0[0].view(-1)[::7] = 2.0  # v = 0, so H = 1.0 exactly: fires
+    v0 = torch.randn(shape[1:], generator=g) * 0.5
+    w = torch.randn(shape, generator=g)
+    wv = torch.randn(shape[1:], generator=g)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for fused in (True, False):
+            x = x0.clone().requires_grad_(True)
+            v = v0.clone().requires_grad_(True)
+            if fused:
+                s, v_last = lif.sequence(x, v)
+            else:
+                steps, v_last = [], v
+                for t in range(shape[0]):
+                    s_t, v_last = lif(x[t], v_last)
+                    steps.append(s_t)
+                s = torch.stack(steps)
+            ((s * w).sum() + (v_last * wv).sum()).backward()
+            assert x.grad is not None and v.grad is not None
+            results.append((s.detach(), v_last.detach(), x.grad, v.grad))
+    finally:
+        torch.set_num_threads(saved)
+    (s_f, v_f, gx_f, gv_f), (s_p, v_p, gx_p, gv_p) = results
+    assert s_f.dtype == s_p.dtype == torch.float32 and gx_f.dtype == dtype
+    assert s_f.sum() > 0 and (s_f == 0).any()
+    for a, b in ((s_f, s_p), (v_f, v_p), (gx_f, gx_p), (gv_f, gv_p)):
+        assert torch.equal(a, b)
+
+
+def test_sequence_outside_training_is_the_plain_step_loop() -> None:
+    lif = LIF().eval()
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    s, _ = lif.sequence(x, torch.zeros(2, 3))
+    assert not s.requires_grad  # eval: the plain comparison, no surrogate path
+    with pytest.raises(ValueError, match="shapes differ"):
+        lif.sequence(x, torch.zeros(3, 2))
 
 
 def test_arctan_surrogate_gradient() -> None:

@@ -408,3 +408,61 @@ def test_engine_imports_neither_stream_nor_train_and_package_needs_no_torch() ->
     subprocess.run([sys.executable, "-c", code], check=True)
     no_torch = "import sys; sys.modules['torch'] = None; import smastream.engine"
     subprocess.run([sys.executable, "-c", no_torch], check=True)
+
+
+def _step_loop_sequence(self: LIF, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """LIF.sequence as plain autograd: the module called once per step."""
+    out = []
+    for x_t in x.unbind(0):
+        s, v = self(x_t, v)
+        out.append(s)
+    return torch.stack(out), v
+
+
+def _full_select_azo(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    previous = torch.cat([p[:1], p[:-1]], dim=0)
+    m = mask.view(mask.shape[0], 1, mask.shape[1], *([1] * (p.dim() - 3)))
+    return torch.where(m, previous, p)
+
+
+def test_training_gradients_equal_plain_autograd_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Training runs the LIF steps as one numba kernel per layer and AZO as a gather/scatter
+    # node (engine/lif.py, engine/azo.py). The whole network's loss, logits, final state
+    # and every parameter's gradient must equal those of the plain autograd forms
+    # (the module called step by step, AZO as a full select), bit for bit, with the
+    # state carried in from an earlier chunk and on 2 threads (tiles split across them).
+    import smastream.engine.sma as sma_module
+
+    config = edge_config(width=0.125, input_size=32, num_classes=12, temporal="causal")
+    frames = _frames(8, 3, config, seed=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+
+    def run() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = _excite_head(SMASNN(config)).train()
+        with torch.no_grad():
+            _, state = model.sequence(frames)  # a carried-in state with non-zero membranes
+        logits, new = model.sequence(frames, state)
+        loss = mse_onehot_loss(logits, torch.tensor([0, 5, 11]))
+        loss.backward()
+        outs = [loss.detach(), logits.detach(), *[t.detach() for t in new.tensors()]]
+        return outs, [p.grad for p in model.parameters() if p.grad is not None]
+
+    try:
+        fused_out, fused_grads = run()
+        with monkeypatch.context() as m:
+            m.setattr(LIF, "sequence", _step_loop_sequence)
+            m.setattr(sma_module, "azo_apply", _full_select_azo)
+            plain_out, plain_grads = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(fused_grads) == len(plain_grads) == len(list(SMASNN(config).parameters()))
+    assert fused_out[0].item() > 0
+    for a, b in zip(fused_out, plain_out, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(fused_grads, plain_grads, strict=True):
+        assert torch.equal(a, b)
+    assert any(g.abs().sum() > 0 for g in fused_grads[:2])  # the first conv learns
