@@ -130,6 +130,7 @@ def lif_step(
 # membranes and gradients are those of the step loop bit for bit (tests/engine/test_lif.py).
 
 _TILE = 2048  # neurons per tile: a tile's membranes stay in L1 across the T steps
+_NEG, _ZERO, _ONE = np.float32(-1.0), np.float32(0.0), np.float32(1.0)  # float32 constants
 
 
 @numba.njit(cache=True, nogil=True)
@@ -137,19 +138,16 @@ def _lif_forward_kernel(
     x: Any, v: Any, h_out: Any, s_out: Any, inv_tau: Any, threshold: Any, start: int, stop: int
 ) -> None:
     """x, h_out, s_out [T, N] float32; v [N] float32: in, V_0; out, V_T. Neurons start:stop."""
-    neg = np.float32(-1.0)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
     for lo in range(start, stop, _TILE):
         hi = min(lo + _TILE, stop)
         for t in range(x.shape[0]):
             for n in range(lo, hi):
                 vn = v[n]
-                h = vn + (x[t, n] + vn * neg) * inv_tau
+                h = vn + (x[t, n] + vn * _NEG) * inv_tau
                 h_out[t, n] = h
                 fired = h >= threshold
-                s_out[t, n] = one if fired else zero
-                v[n] = zero if fired else h
+                s_out[t, n] = _ONE if fired else _ZERO
+                v[n] = _ZERO if fired else h
 
 
 @numba.njit(cache=True, nogil=True)
@@ -166,9 +164,6 @@ def _lif_backward_kernel(
     stop: int,
 ) -> None:
     """h, grad_s, grad_x [T, N]; grad_v [N]: in, dL/dV_T; out, dL/dV_0. float32."""
-    neg = np.float32(-1.0)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
     for lo in range(start, stop, _TILE):
         hi = min(lo + _TILE, stop)
         for t in range(h.shape[0] - 1, -1, -1):
@@ -176,10 +171,10 @@ def _lif_backward_kernel(
                 hn = h[t, n]
                 d = scale * (hn - threshold)
                 # _ATanSpike.backward, then the reset's gradient (none where it fired)
-                g = grad_s[t, n] * half_alpha / (one + d * d)
-                g = g + (zero if hn >= threshold else grad_v[n])
+                g = grad_s[t, n] * half_alpha / (_ONE + d * d)
+                g = g + (_ZERO if hn >= threshold else grad_v[n])
                 grad_x[t, n] = g * inv_tau
-                grad_v[n] = g + g * inv_tau * neg  # H = v + (x + v·(-1))·(1/tau)
+                grad_v[n] = g + g * inv_tau * _NEG  # H = v + (x + v·(-1))·(1/tau)
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}  # by thread count
