@@ -291,6 +291,8 @@ class LIF(nn.Module):
             spikes, v_last = _LIFSequence.apply(x, v, self.tau, self.threshold, self.alpha)
             return spikes, v_last
         out = []
+        # unbind, not x[t]: the backward of T selects zero-fills and adds a full [T, ...]
+        # gradient T times; unbind's backward is one stack (CUDA training takes this path).
         for x_t in x.unbind(0):
             s, v = self(x_t, v)
             out.append(s)

@@ -85,7 +85,7 @@ def test_gradients_flow_through_copied_values() -> None:
     assert torch.equal(p.grad, expected)
 
 
-def _where_form(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def full_select_azo(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """AZO as it was first written: a full select of the shifted map."""
     previous = torch.cat([p[:1], p[:-1]], dim=0)
     m = mask.view(mask.shape[0], 1, mask.shape[1], *([1] * (p.dim() - 3)))
@@ -103,7 +103,7 @@ def test_apply_equals_the_full_select_bit_for_bit(seed: int) -> None:
     w = torch.randn(9, 3, 7, 4, 5, generator=g)
     p0 = torch.randn(9, 3, 7, 4, 5, generator=g)
     grads = []
-    for form in (azo_apply, _where_form):
+    for form in (azo_apply, full_select_azo):
         p = p0.clone().requires_grad_(True)
         out = form(p, mask)
         (out * w).sum().backward()

@@ -59,8 +59,9 @@ def test_sequence_equals_the_step_loop_bit_for_bit(
     g = torch.Generator().manual_seed(len(shape))
     lif = LIF(tau=tau).train()
     x0 = (torch.randn(shape, generator=g) * 1.5).to(dtype)
-    x0[0].view(-1)[::7] = 2.0  # v = 0, so H = 1.0 exactly: fires
     v0 = torch.randn(shape[1:], generator=g) * 0.5
+    x0[0].view(-1)[::7] = 2.0
+    v0.view(-1)[::7] = 0.0  # there H = 0 + (2 - 0)/2 = 1.0 exactly at step 0: fires
     w = torch.randn(shape, generator=g)
     wv = torch.randn(shape[1:], generator=g)
     saved = torch.get_num_threads()

@@ -33,6 +33,7 @@ from smastream.engine.model import (
     tet_loss,
 )
 from smastream.errors import FormatError
+from tests.engine.test_azo import full_select_azo
 
 
 def _recalibrate_bn(model: SMASNN, frames: torch.Tensor) -> SMASNN:
@@ -419,12 +420,6 @@ def _step_loop_sequence(self: LIF, x: torch.Tensor, v: torch.Tensor) -> tuple[to
     return torch.stack(out), v
 
 
-def _full_select_azo(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    previous = torch.cat([p[:1], p[:-1]], dim=0)
-    m = mask.view(mask.shape[0], 1, mask.shape[1], *([1] * (p.dim() - 3)))
-    return torch.where(m, previous, p)
-
-
 def test_training_gradients_equal_plain_autograd_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -455,7 +450,7 @@ def test_training_gradients_equal_plain_autograd_bit_for_bit(
         fused_out, fused_grads = run()
         with monkeypatch.context() as m:
             m.setattr(LIF, "sequence", _step_loop_sequence)
-            m.setattr(sma_module, "azo_apply", _full_select_azo)
+            m.setattr(sma_module, "azo_apply", full_select_azo)
             plain_out, plain_grads = run()
     finally:
         torch.set_num_threads(threads)
