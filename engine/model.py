@@ -70,6 +70,9 @@ class SMASNNConfig:
         time_steps: T of the paper temporal attention (sequence length it accepts).
         window: K of the causal temporal filter.
         tau, threshold, surrogate_alpha: LIF constants.
+        head_tau: Membrane time constant of the head's hidden LIF layers (``tau``, 2, in
+            the paper). A longer one lets the head carry evidence across more steps: with
+            2 a membrane keeps half of itself per step (50 ms at 50 ms bins).
         azo, azo_rtr, azo_rcr: Attention ZoneOut switch and ratios.
         width_multiplier: How ``widths``/``head_hidden`` were derived from the paper's
             (informational).
@@ -92,6 +95,7 @@ class SMASNNConfig:
     tau: float = TAU
     threshold: float = THRESHOLD
     surrogate_alpha: float = SURROGATE_ALPHA
+    head_tau: float = TAU
     azo: bool = True
     azo_rtr: int = RTR
     azo_rcr: int = RCR
@@ -123,6 +127,8 @@ class SMASNNConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.tau >= 1.0 or not self.head_tau >= 1.0:
+            raise ValueError(f"tau and head_tau must be >= 1, got {self.tau!r}, {self.head_tau!r}")
         if self.num_classes < 1 or self.in_channels < 1:
             raise ValueError(
                 f"num_classes and in_channels must be >= 1, got "
@@ -147,13 +153,20 @@ def config_to_dict(config: SMASNNConfig) -> dict[str, Any]:
     return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+# Fields added after models were shipped, with the value every earlier model had: a
+# checkpoint or ONNX file written before a field existed loads with that value.
+_LATER_FIELDS: dict[str, Any] = {"head_tau": TAU}
+
+
 def config_from_dict(data: Mapping[str, Any]) -> SMASNNConfig:
     """Inverse of :func:`config_to_dict`.
 
     Raises:
-        ValueError: On unknown or missing keys (an architecture is never guessed).
+        ValueError: On unknown or missing keys (an architecture is never guessed; only a
+            field added later, :data:`_LATER_FIELDS`, takes the value earlier models had).
     """
     fields = {f.name for f in dataclasses.fields(SMASNNConfig)}
+    data = {**{k: v for k, v in _LATER_FIELDS.items() if k not in data}, **data}
     unknown = sorted(set(data) - fields)
     missing = sorted(fields - set(data))
     if unknown or missing:
@@ -342,7 +355,8 @@ class Head(nn.Module):
         sizes = (config.flat_features, *config.head_hidden)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.lifs = nn.ModuleList(
-            LIF(config.tau, config.threshold, config.surrogate_alpha) for _ in config.head_hidden
+            LIF(config.head_tau, config.threshold, config.surrogate_alpha)
+            for _ in config.head_hidden
         )
         self.out = nn.Linear(sizes[-1], config.num_classes)
         self.dropout = config.dropout

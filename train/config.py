@@ -57,6 +57,8 @@ class TrainConfig:
         preset: Model preset, ``"edge"`` or ``"paper"``.
         width: Width multiplier override of the edge preset (``None``: the preset's).
         input_size: Square input side override of the edge preset (``None``: 64).
+        head_tau: Membrane time constant of the head's hidden LIF layers (``None``: the
+            network's ``tau``, 2).
         protocol: ``"stream"`` (fixed time bins, state carried across chunks, per-step
             targets with a 12th "no gesture" class) or ``"clip"`` (the paper's: ``T``
             equal-count frames per labelled window, fresh state, one label).
@@ -132,6 +134,7 @@ class TrainConfig:
     preset: str = "edge"
     width: float | None = None
     input_size: int | None = None
+    head_tau: float | None = None
     protocol: str = "stream"
     data: str = "synthetic"
     val_data: str | None = None
@@ -224,6 +227,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if self.input_size is not None:
             _int_at_least("input_size", self.input_size, 32)
+        if self.head_tau is not None and not (
+            isinstance(self.head_tau, (int, float)) and self.head_tau >= 1
+        ):
+            raise ValueError(f"head_tau must be a number >= 1, got {self.head_tau!r}")
         if self.width is not None and not (
             isinstance(self.width, (int, float)) and 0 < self.width <= 1
         ):

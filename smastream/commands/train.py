@@ -28,6 +28,7 @@ _HELP = {
     "preset": "model preset: edge (CPU/Jetson) or paper (22.5 M params)",
     "width": "width multiplier of the edge preset (default 0.1875)",
     "input_size": "square input side of the edge preset (default 64)",
+    "head_tau": "membrane time constant of the head's hidden LIF layers (default: tau, 2)",
     "protocol": "stream (fixed time bins, state carried, 'no gesture' class) or clip (paper)",
     "data": "synthetic | dvsgesture[:ROOT] | folder of labelled recordings",
     "val_data": "folder of labelled recordings for validation",

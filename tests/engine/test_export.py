@@ -32,6 +32,7 @@ from smastream.engine.export import (
 from smastream.engine.model import (
     SMASNN,
     SMASNNConfig,
+    config_from_dict,
     config_to_dict,
     preset_config,
     save_checkpoint,
@@ -468,7 +469,7 @@ def test_shipped_demo_is_s1_and_its_state_dict_rebuilds_it() -> None:
     config = preset_config(
         card["preset"], width_multiplier=card["width"], num_classes=len(card["class_names"])
     )
-    assert config_to_dict(config) == meta["config"]
+    assert config_from_dict(meta["config"]) == config
     model = SMASNN(config)
     model.load_state_dict(torch.load(DEMO / "demo.pt", weights_only=True))
     proto = onnx.load(str(DEMO / "demo.onnx"))

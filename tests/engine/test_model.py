@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -194,6 +195,19 @@ def test_config_validation() -> None:
         preset_config("huge")
     with pytest.raises(ValueError, match="unknown"):
         config_from_dict({**config_to_dict(SMASNNConfig()), "extra_field": 1})
+    with pytest.raises(ValueError, match="head_tau must be >= 1"):
+        SMASNNConfig(head_tau=0.5)
+    with pytest.raises(ValueError, match=r"missing \['tau'\]"):
+        config_from_dict({k: v for k, v in config_to_dict(SMASNNConfig()).items() if k != "tau"})
+
+
+def test_head_tau_is_the_head_s_own_and_older_configs_load_with_the_paper_s() -> None:
+    model = SMASNN(edge_config(head_tau=4.0))
+    assert [cast(LIF, lif).tau for lif in model.head.lifs] == [4.0, 4.0]
+    assert {b.lif.tau for b in model._blocks()} == {2.0}  # the conv blocks keep tau
+    saved = config_to_dict(edge_config())
+    del saved["head_tau"]  # a checkpoint or ONNX file written before the field existed
+    assert config_from_dict(saved) == edge_config()
 
 
 # -- step / sequence agreement -----------------------------------------------------------
@@ -231,6 +245,11 @@ def _agreement(model: SMASNN, t: int, batch: int) -> None:
 def test_step_matches_sequence_edge() -> None:
     torch.manual_seed(0)
     _agreement(SMASNN(edge_config()), t=5, batch=2)
+
+
+def test_step_matches_sequence_with_a_longer_head_tau() -> None:
+    torch.manual_seed(0)
+    _agreement(SMASNN(edge_config(head_tau=4.0)), t=5, batch=2)
 
 
 def test_step_matches_sequence_paper() -> None:

@@ -156,6 +156,9 @@ def test_config_validation_quotes_bad_values() -> None:
         TrainConfig(protocol="stream", loss="mse")
     with pytest.raises(ValueError, match=r"idle_weight must be a number >= 1, got 0\.5"):
         TrainConfig(idle_weight=0.5)
+    with pytest.raises(ValueError, match=r"head_tau must be a number >= 1, got 0\.9"):
+        TrainConfig(head_tau=0.9)
+    assert build_model(TrainConfig(width=1 / 32, input_size=32, head_tau=4)).config.head_tau == 4
     with pytest.raises(ValueError, match="'scratch=lots' is not NAME=FACTOR"):
         TrainConfig(synth_scene_weights="scratch=lots")
     with pytest.raises(ValueError, match="'wave=2' is not NAME=FACTOR"):
