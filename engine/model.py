@@ -166,7 +166,7 @@ def config_from_dict(data: Mapping[str, Any]) -> SMASNNConfig:
             field added later, :data:`_LATER_FIELDS`, takes the value earlier models had).
     """
     fields = {f.name for f in dataclasses.fields(SMASNNConfig)}
-    data = {**{k: v for k, v in _LATER_FIELDS.items() if k not in data}, **data}
+    data = {**_LATER_FIELDS, **data}
     unknown = sorted(set(data) - fields)
     missing = sorted(fields - set(data))
     if unknown or missing:
