@@ -300,3 +300,47 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, threshold={self.threshold}, alpha={self.alpha}"
+
+
+class SplitLIF(nn.Module):
+    """A layer of LIF neurons with two time constants: along the last axis the first
+    ``split`` neurons use ``tau``, the rest ``slow_tau`` (fast and slow memories side by
+    side in one layer). Each part is a :class:`LIF`, so training keeps the fused kernels
+    and the exported step holds only Slice and Concat beyond a LIF's ops.
+    """
+
+    def __init__(
+        self,
+        split: int,
+        tau: float = TAU,
+        slow_tau: float = TAU,
+        threshold: float = THRESHOLD,
+        alpha: float = SURROGATE_ALPHA,
+    ) -> None:
+        super().__init__()
+        if split < 1:
+            raise ValueError(f"split must be >= 1, got {split!r}")
+        self.split = int(split)
+        self.fast = LIF(tau, threshold, alpha)
+        self.slow = LIF(slow_tau, threshold, alpha)
+
+    def _parts(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        if t.shape[-1] <= self.split:
+            raise ValueError(f"last axis {t.shape[-1]} must be longer than split {self.split}")
+        return t[..., : self.split], t[..., self.split :]
+
+    def forward(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        (xa, xb), (va, vb) = self._parts(x), self._parts(v)
+        sa, va = self.fast(xa, va)
+        sb, vb = self.slow(xb, vb)
+        return torch.cat([sa, sb], -1), torch.cat([va, vb], -1)
+
+    def sequence(self, x: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """As :meth:`LIF.sequence`: ``x [T, ...]``, ``v [...]`` -> ``(spikes[T, ...], v)``."""
+        (xa, xb), (va, vb) = self._parts(x), self._parts(v)
+        sa, va = self.fast.sequence(xa.contiguous(), va.contiguous())
+        sb, vb = self.slow.sequence(xb.contiguous(), vb.contiguous())
+        return torch.cat([sa, sb], -1), torch.cat([va, vb], -1)
+
+    def extra_repr(self) -> str:
+        return f"split={self.split}"

@@ -36,7 +36,7 @@ from smastream.errors import FormatError
 from smastream.gestures import NUM_CLASSES
 
 from .azo import RCR, RTR
-from .lif import LIF, SURROGATE_ALPHA, TAU, THRESHOLD
+from .lif import LIF, SURROGATE_ALPHA, TAU, THRESHOLD, SplitLIF
 from .sma import KERNELS, SMA, TEMPORAL_MODES
 
 #: ``paper``: the paper's network (paper temporal attention, an FC over T: offline only);
@@ -73,6 +73,10 @@ class SMASNNConfig:
         head_tau: Membrane time constant of the head's hidden LIF layers (``tau``, 2, in
             the paper). A longer one lets the head carry evidence across more steps: with
             2 a membrane keeps half of itself per step (50 ms at 50 ms bins).
+        head_slow_tau: ``None``, or the time constant of the second half of each hidden
+            head layer's neurons (the first half keeps ``head_tau``): fast neurons that
+            follow an onset and slow ones that carry a gesture, in one layer
+            (:class:`~smastream.engine.lif.SplitLIF`).
         azo, azo_rtr, azo_rcr: Attention ZoneOut switch and ratios.
         width_multiplier: How ``widths``/``head_hidden`` were derived from the paper's
             (informational).
@@ -96,6 +100,7 @@ class SMASNNConfig:
     threshold: float = THRESHOLD
     surrogate_alpha: float = SURROGATE_ALPHA
     head_tau: float = TAU
+    head_slow_tau: float | None = None
     azo: bool = True
     azo_rtr: int = RTR
     azo_rcr: int = RCR
@@ -129,6 +134,12 @@ class SMASNNConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not self.tau >= 1.0 or not self.head_tau >= 1.0:
             raise ValueError(f"tau and head_tau must be >= 1, got {self.tau!r}, {self.head_tau!r}")
+        if self.head_slow_tau is not None and not self.head_slow_tau >= 1.0:
+            raise ValueError(f"head_slow_tau must be >= 1 or None, got {self.head_slow_tau!r}")
+        if self.head_slow_tau is not None and min(self.head_hidden, default=2) < 2:
+            raise ValueError(
+                f"head_slow_tau needs hidden head layers of >= 2 neurons, got {self.head_hidden!r}"
+            )
         if self.num_classes < 1 or self.in_channels < 1:
             raise ValueError(
                 f"num_classes and in_channels must be >= 1, got "
@@ -155,7 +166,7 @@ def config_to_dict(config: SMASNNConfig) -> dict[str, Any]:
 
 # Fields added after models were shipped, with the value every earlier model had: a
 # checkpoint or ONNX file written before a field existed loads with that value.
-_LATER_FIELDS: dict[str, Any] = {"head_tau": TAU}
+_LATER_FIELDS: dict[str, Any] = {"head_tau": TAU, "head_slow_tau": None}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> SMASNNConfig:
@@ -356,7 +367,15 @@ class Head(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.lifs = nn.ModuleList(
             LIF(config.head_tau, config.threshold, config.surrogate_alpha)
-            for _ in config.head_hidden
+            if config.head_slow_tau is None
+            else SplitLIF(
+                n // 2,
+                config.head_tau,
+                config.head_slow_tau,
+                config.threshold,
+                config.surrogate_alpha,
+            )
+            for n in config.head_hidden
         )
         self.out = nn.Linear(sizes[-1], config.num_classes)
         self.dropout = config.dropout
@@ -373,7 +392,7 @@ class Head(nn.Module):
         for j, (fc, lif) in enumerate(zip(self.hidden, self.lifs, strict=True)):
             name = f"fc{j + 1}_v"
             cur = fc(cur).unflatten(0, (t_steps, batch))
-            spikes, new[name] = cast(LIF, lif).sequence(cur, state[name])
+            spikes, new[name] = cast(LIF | SplitLIF, lif).sequence(cur, state[name])
             if self.training and self.dropout > 0:
                 keep = 1.0 - self.dropout
                 mask = torch.empty_like(spikes[0]).bernoulli_(keep) / keep  # [B, F]

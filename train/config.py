@@ -59,6 +59,8 @@ class TrainConfig:
         input_size: Square input side override of the edge preset (``None``: 64).
         head_tau: Membrane time constant of the head's hidden LIF layers (``None``: the
             network's ``tau``, 2).
+        head_slow_tau: Time constant of the second half of each hidden head layer's
+            neurons (``None``: all use ``head_tau``).
         protocol: ``"stream"`` (fixed time bins, state carried across chunks, per-step
             targets with a 12th "no gesture" class) or ``"clip"`` (the paper's: ``T``
             equal-count frames per labelled window, fresh state, one label).
@@ -135,6 +137,7 @@ class TrainConfig:
     width: float | None = None
     input_size: int | None = None
     head_tau: float | None = None
+    head_slow_tau: float | None = None
     protocol: str = "stream"
     data: str = "synthetic"
     val_data: str | None = None
@@ -227,10 +230,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if self.input_size is not None:
             _int_at_least("input_size", self.input_size, 32)
-        if self.head_tau is not None and not (
-            isinstance(self.head_tau, (int, float)) and self.head_tau >= 1
-        ):
-            raise ValueError(f"head_tau must be a number >= 1, got {self.head_tau!r}")
+        for name in ("head_tau", "head_slow_tau"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value >= 1):
+                raise ValueError(f"{name} must be a number >= 1, got {value!r}")
         if self.width is not None and not (
             isinstance(self.width, (int, float)) and 0 < self.width <= 1
         ):

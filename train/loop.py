@@ -273,6 +273,8 @@ def build_model(cfg: TrainConfig) -> SMASNN:
         overrides["time_steps"] = cfg.n_frames if cfg.protocol == "clip" else cfg.chunk_steps
     if cfg.head_tau is not None:
         overrides["head_tau"] = float(cfg.head_tau)
+    if cfg.head_slow_tau is not None:
+        overrides["head_slow_tau"] = float(cfg.head_slow_tau)
     if cfg.preset == "edge" and cfg.width is not None:
         overrides["width"] = cfg.width
     if cfg.preset == "edge" and cfg.input_size is not None:

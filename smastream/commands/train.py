@@ -29,6 +29,7 @@ _HELP = {
     "width": "width multiplier of the edge preset (default 0.1875)",
     "input_size": "square input side of the edge preset (default 64)",
     "head_tau": "membrane time constant of the head's hidden LIF layers (default: tau, 2)",
+    "head_slow_tau": "time constant of the second half of each hidden head layer's neurons",
     "protocol": "stream (fixed time bins, state carried, 'no gesture' class) or clip (paper)",
     "data": "synthetic | dvsgesture[:ROOT] | folder of labelled recordings",
     "val_data": "folder of labelled recordings for validation",

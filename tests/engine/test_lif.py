@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from smastream.engine.lif import LIF, lif_step, spike
+from smastream.engine.lif import LIF, SplitLIF, lif_step, spike
 
 # Hand-computed for tau = 2, threshold 1, hard reset: H = V/2 + X/2.
 GOLDEN_X = [0.5, 1.5, 2.5, 0.0, 2.0, 1.0, 1.0, 1.0, -1.0, 4.0]
@@ -166,3 +166,38 @@ def test_charge_uses_the_reference_order_of_operations() -> None:
     assert (reference != rearranged).sum() > 1000  # the orders really do differ
     _, v_next = lif_step(x, v, tau=2.0, threshold=1e9)
     assert torch.equal(v_next, reference)
+
+
+def test_split_lif_is_two_lifs_side_by_side_in_training_and_in_steps() -> None:
+    # The first 3 of 7 neurons leak with tau 2, the other 4 with tau 8: each part is the
+    # plain LIF of its tau (fused training sequence, gradients included), and the module's
+    # step loop is its sequence.
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(6, 4, 7, generator=g) * 1.5
+    v0 = torch.randn(4, 7, generator=g) * 0.5
+    w = torch.randn(6, 4, 7, generator=g)
+    split = SplitLIF(3, tau=2.0, slow_tau=8.0).train()
+    x = x0.clone().requires_grad_(True)
+    s, v_last = split.sequence(x, v0)
+    (s * w).sum().backward()
+    assert x.grad is not None
+    for part, tau in ((slice(0, 3), 2.0), (slice(3, 7), 8.0)):
+        xp = x0[..., part].clone().requires_grad_(True)
+        sp, vp = LIF(tau=tau).train().sequence(xp, v0[..., part].contiguous())
+        (sp * w[..., part]).sum().backward()
+        assert xp.grad is not None
+        assert torch.equal(s[..., part], sp) and torch.equal(v_last[..., part], vp)
+        assert torch.equal(x.grad[..., part], xp.grad)
+    assert s.sum() > 0 and (s == 0).any()
+    with torch.no_grad():
+        v, steps = v0, []
+        for t in range(6):
+            s_t, v = split.eval()(x0[t], v)
+            steps.append(s_t)
+        assert torch.equal(torch.stack(steps), s) and torch.equal(v, v_last)
+    with pytest.raises(ValueError, match="split must be >= 1"):
+        SplitLIF(0)
+    with pytest.raises(ValueError, match="longer than split 3"):
+        split(torch.zeros(2, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="tau"):
+        SplitLIF(2, slow_tau=0.5)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from smastream.engine.lif import LIF
+from smastream.engine.lif import LIF, SplitLIF
 from smastream.engine.model import (
     SMASNN,
     NetState,
@@ -197,6 +197,10 @@ def test_config_validation() -> None:
         config_from_dict({**config_to_dict(SMASNNConfig()), "extra_field": 1})
     with pytest.raises(ValueError, match="head_tau must be >= 1"):
         SMASNNConfig(head_tau=0.5)
+    with pytest.raises(ValueError, match=r"head_slow_tau must be >= 1 or None, got 0\.5"):
+        SMASNNConfig(head_slow_tau=0.5)
+    with pytest.raises(ValueError, match=r"head_slow_tau needs .* >= 2 neurons, got \(16, 1\)"):
+        SMASNNConfig(head_hidden=(16, 1), head_slow_tau=8.0)
     with pytest.raises(ValueError, match=r"missing \['tau'\]"):
         config_from_dict({k: v for k, v in config_to_dict(SMASNNConfig()).items() if k != "tau"})
 
@@ -206,8 +210,19 @@ def test_head_tau_is_the_head_s_own_and_older_configs_load_with_the_paper_s() ->
     assert [cast(LIF, lif).tau for lif in model.head.lifs] == [4.0, 4.0]
     assert {b.lif.tau for b in model._blocks()} == {2.0}  # the conv blocks keep tau
     saved = config_to_dict(edge_config())
-    del saved["head_tau"]  # a checkpoint or ONNX file written before the field existed
+    del saved["head_tau"], saved["head_slow_tau"]  # a file written before the fields existed
     assert config_from_dict(saved) == edge_config()
+
+
+def test_head_slow_tau_splits_each_hidden_head_layer_in_half() -> None:
+    model = SMASNN(edge_config(head_slow_tau=8.0))
+    lifs = [cast(SplitLIF, lif) for lif in model.head.lifs]
+    assert [type(lif) for lif in lifs] == [SplitLIF, SplitLIF]
+    assert [(lif.split, lif.fast.tau, lif.slow.tau) for lif in lifs] == [
+        (n // 2, 2.0, 8.0) for n in model.config.head_hidden
+    ]
+    config = edge_config(head_slow_tau=8.0)
+    assert config_from_dict(config_to_dict(config)) == config
 
 
 # -- step / sequence agreement -----------------------------------------------------------
@@ -250,6 +265,11 @@ def test_step_matches_sequence_edge() -> None:
 def test_step_matches_sequence_with_a_longer_head_tau() -> None:
     torch.manual_seed(0)
     _agreement(SMASNN(edge_config(head_tau=4.0)), t=5, batch=2)
+
+
+def test_step_matches_sequence_with_slow_head_neurons() -> None:
+    torch.manual_seed(0)
+    _agreement(SMASNN(edge_config(head_slow_tau=8.0)), t=5, batch=2)
 
 
 def test_step_matches_sequence_paper() -> None:

@@ -3,6 +3,7 @@ the factory, and ``smastream bench-engine``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -251,6 +252,21 @@ def test_non_square_parity(tmp_path: Path) -> None:
     result = _lockstep(model, path, windows, tmp_path / "small-s1.onnx")
     assert result["clean_logits"] <= TOL and result["clean_class_mismatch"] == 0
     assert not result["not_straddles"] and len(result["flip_windows"]) <= 2
+
+
+def test_split_head_parity(tmp_path: Path) -> None:
+    # Slow head neurons (SMASNNConfig.head_slow_tau) export as Slice + Concat around two
+    # LIF updates; ONNX Runtime must step them as the torch model does.
+    config = dataclasses.replace(small_config(), head_slow_tau=8.0)
+    model = spiking_model(config, seed=7)
+    path = tmp_path / "split.onnx"
+    export_onnx(model, path, steps_per_window=3)
+    export_onnx(model, tmp_path / "split-s1.onnx", steps_per_window=1)
+    windows = _windows((3, 2, 32, 64), 20, seed=4, rate=0.5)
+    result = _lockstep(model, path, windows, tmp_path / "split-s1.onnx")
+    assert result["clean_logits"] <= TOL and result["clean_class_mismatch"] == 0
+    assert not result["not_straddles"] and len(result["flip_windows"]) <= 2
+    assert result["spread"] > 1e-3, "logits do not move: the head is silent"
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])

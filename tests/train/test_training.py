@@ -159,6 +159,10 @@ def test_config_validation_quotes_bad_values() -> None:
     with pytest.raises(ValueError, match=r"head_tau must be a number >= 1, got 0\.9"):
         TrainConfig(head_tau=0.9)
     assert build_model(TrainConfig(width=1 / 32, input_size=32, head_tau=4)).config.head_tau == 4
+    with pytest.raises(ValueError, match=r"head_slow_tau must be a number >= 1, got 0\.5"):
+        TrainConfig(head_slow_tau=0.5)
+    slow = build_model(TrainConfig(width=1 / 32, input_size=32, head_slow_tau=8))
+    assert slow.config.head_slow_tau == 8
     with pytest.raises(ValueError, match="'scratch=lots' is not NAME=FACTOR"):
         TrainConfig(synth_scene_weights="scratch=lots")
     with pytest.raises(ValueError, match="'wave=2' is not NAME=FACTOR"):
