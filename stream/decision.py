@@ -410,6 +410,14 @@ SINCE_ONSET_EDGES_MS: tuple[float, ...] = (0, 100, 200, 300, 400, 600, 1000, 200
 counts steps: a decision at ``d`` ms is in span ``k`` when ``edges[k] < d <= edges[k+1]``."""
 
 
+OFFSET_COLLAR_MS = 200.0
+"""Idle steps this soon after a gesture's end (ms) are also counted on their own
+(:attr:`StreamMetrics.n_collar_steps`): a label that lingers a step or two after the arm
+comes to rest is the decision's lag, not a gesture shown when nobody gestures. The length
+is the 200 ms collar of the event-based metrics of sound event detection (sed_eval, DCASE),
+where annotated offsets are as soft as a gesture's."""
+
+
 @dataclass(frozen=True)
 class StreamMetrics:
     """How a run of decisions scores against labelled gesture windows.
@@ -431,6 +439,9 @@ class StreamMetrics:
         mean_onset_ms: Mean of the onsets found (NaN when none).
         n_idle_steps: Decisions outside every window.
         n_false_idle: Of those, the ones whose label is not ``None``.
+        n_collar_steps: Idle steps within the collar (``offset_collar_ms`` of
+            :func:`stream_metrics`, :data:`OFFSET_COLLAR_MS`) after a window's end.
+        n_false_collar: Of those, the ones whose label is not ``None``.
         since_onset: Per span of :data:`SINCE_ONSET_EDGES_MS` (time from the window
             start to the decision), ``(steps, correct steps)`` summed over the windows:
             where in a gesture the in-window accuracy is won or lost.
@@ -446,11 +457,19 @@ class StreamMetrics:
     n_idle_steps: int
     n_false_idle: int
     since_onset: tuple[tuple[int, int], ...] = ()
+    n_collar_steps: int = 0
+    n_false_collar: int = 0
 
     @property
     def false_idle_rate(self) -> float:
         """``n_false_idle / n_idle_steps`` (NaN when there is no idle step)."""
         return self.n_false_idle / self.n_idle_steps if self.n_idle_steps else math.nan
+
+    @property
+    def false_idle_rate_beyond_collar(self) -> float:
+        """The false idle rate over the idle steps outside the collars (NaN when none)."""
+        n = self.n_idle_steps - self.n_collar_steps
+        return (self.n_false_idle - self.n_false_collar) / n if n else math.nan
 
 
 def decision_pairs(decisions: Iterable[Decision]) -> list[tuple[int, int | None]]:
@@ -462,22 +481,27 @@ def stream_metrics(
     decisions: Sequence[tuple[int, int | None]],
     windows: Iterable[GestureWindow],
     stable_steps: int = 1,
+    offset_collar_ms: float = OFFSET_COLLAR_MS,
 ) -> StreamMetrics:
     """Score decisions ``(t_us, label or None)`` against gesture windows.
 
     See :class:`StreamMetrics` for the definitions (inside = ``start_us < t <= end_us``;
-    overlapping windows: a step is correct if it matches any window it is in).
+    overlapping windows: a step is correct if it matches any window it is in; an idle step
+    at ``t`` is in a window's collar when ``end_us < t <= end_us + offset_collar_ms``).
 
     Args:
         decisions: ``(t_us, label)`` pairs in non-decreasing ``t``.
         windows: Labelled windows (e.g. :attr:`Labels.windows`).
         stable_steps: Length of the run of correct decisions that counts as the onset.
+        offset_collar_ms: Length of the collar after each window's end.
 
     Raises:
-        ValueError: ``stable_steps < 1`` or times that go backwards.
+        ValueError: ``stable_steps < 1``, a negative collar or times that go backwards.
     """
     if stable_steps < 1:
         raise ValueError(f"stable_steps={stable_steps!r}: must be >= 1")
+    if not (math.isfinite(offset_collar_ms) and offset_collar_ms >= 0):
+        raise ValueError(f"offset_collar_ms={offset_collar_ms!r}: must be a finite number >= 0")
     wins = list(windows)
     n = len(decisions)
     t = np.fromiter((int(d[0]) for d in decisions), dtype=np.int64, count=n)
@@ -489,6 +513,7 @@ def stream_metrics(
         i = int(back[0])
         raise ValueError(f"decision times go backwards at index {i + 1}: {t[i]} then {t[i + 1]}")
     inside = np.zeros(n, dtype=bool)
+    collar = np.zeros(n, dtype=bool)
     correct = np.zeros(n, dtype=bool)
     onsets: list[float | None] = []
     edges = np.asarray(SINCE_ONSET_EDGES_MS, dtype=np.float64)
@@ -498,6 +523,7 @@ def stream_metrics(
         i0 = int(np.searchsorted(t, w.start_us, side="right"))
         i1 = int(np.searchsorted(t, w.end_us, side="right"))
         inside[i0:i1] = True
+        collar[i1 : int(np.searchsorted(t, w.end_us + offset_collar_ms * 1e3, side="right"))] = True
         ok = lab[i0:i1] == w.label
         correct[i0:i1] |= ok
         span = np.searchsorted(edges, (t[i0:i1] - w.start_us) / 1e3, side="left") - 1
@@ -525,4 +551,6 @@ def stream_metrics(
         n_idle_steps=int(idle.sum()),
         n_false_idle=int((idle & (lab >= 0)).sum()),
         since_onset=tuple(zip(span_steps.tolist(), span_ok.tolist(), strict=True)),
+        n_collar_steps=int((idle & collar).sum()),
+        n_false_collar=int((idle & collar & (lab >= 0)).sum()),
     )

@@ -271,6 +271,28 @@ def test_stream_metrics_boundaries_and_empty() -> None:
         stream_metrics([], w, stable_steps=0)
 
 
+def test_stream_metrics_counts_the_collar_after_each_gesture_s_end() -> None:
+    # A gesture of class 3 from 1.0 to 2.0 s and one of class 5 from 2.1 to 2.5 s, a
+    # decision every 50 ms from 0.05 to 3.0 s: class 3 shown until 2.1 s (two steps past its
+    # end), class 5 until 2.6 s, and one stray gesture at 2.9 s.
+    w = [GestureWindow(1_000_000, 2_000_000, 3), GestureWindow(2_100_000, 2_500_000, 5)]
+    t = np.arange(50_000, 3_000_001, 50_000)
+    lab = [3 if 1e6 < x <= 2.1e6 else 5 if 2.1e6 < x <= 2.6e6 else None for x in t]
+    lab[-3] = 7  # t = 2.9 s
+    m = stream_metrics(list(zip(t.tolist(), lab, strict=True)), w)
+    # idle: 0.05..1.0 s (20 steps), 2.05 and 2.1 (2), 2.55..3.0 (10) = 32; collars (200 ms):
+    # 2.05, 2.1 after the first window (2.1 and 2.15 are in the second one), 2.55..2.7.
+    assert (m.n_idle_steps, m.n_false_idle) == (32, 5)
+    assert (m.n_collar_steps, m.n_false_collar) == (6, 4)
+    assert m.false_idle_rate_beyond_collar == 1 / 26
+    m0 = stream_metrics(list(zip(t.tolist(), lab, strict=True)), w, offset_collar_ms=0)
+    assert (m0.n_collar_steps, m0.n_false_collar) == (0, 0)
+    assert m0.false_idle_rate_beyond_collar == m0.false_idle_rate == 5 / 32
+    assert math.isnan(stream_metrics([], w).false_idle_rate_beyond_collar)
+    with pytest.raises(ValueError, match="offset_collar_ms=-1"):
+        stream_metrics([], w, offset_collar_ms=-1)
+
+
 def test_stream_metrics_counts_steps_by_time_since_onset() -> None:
     # One 2.5 s window of class 3 from t = 1 s, a decision every 50 ms; correct only from
     # 300 ms on (bins ending at 350, 400, ... ms), so the spans up to 300 ms have 0 correct.

@@ -393,8 +393,9 @@ def test_decision_tuner_scores_as_evaluate_does_and_bounds_the_scenes(
 ) -> None:
     """The tuner picks by its rule from what ``evaluate`` measures at every grid point (one
     decision path): the most accurate point that shows a gesture on at most the bound of
-    the idle steps *and* of the no-gesture scenes' steps. A small grid, two tuning recordings
-    (a bound the scenes decide: some points keep the idle rate under it, not the scenes')."""
+    the idle steps beyond the collars *and* of the no-gesture scenes' steps. A small grid,
+    two tuning recordings (a bound the scenes decide: some points keep the idle rate under
+    it, not the scenes')."""
     import itertools
 
     import smastream.train.evaluate as ev
@@ -422,21 +423,27 @@ def test_decision_tuner_scores_as_evaluate_does_and_bounds_the_scenes(
         measured.append((point, m))
     # a bound between the idle and the scene rate of the most accurate point whose scenes
     # are worse than its idle steps: the idle rate alone would let that point through
-    split = [m for _, m in measured if m["scene_gesture_rate"] > m["false_idle_rate"]]
+    split = [m for _, m in measured if m["scene_gesture_rate"] > m["false_idle_rate_beyond_collar"]]
     assert split, "no point on this grid shows more gestures in scenes than when still"
     top = max(split, key=lambda m: m["stream_accuracy"])
-    bound = (top["false_idle_rate"] + top["scene_gesture_rate"]) / 2
+    bound = (top["false_idle_rate_beyond_collar"] + top["scene_gesture_rate"]) / 2
     out = ev.tune_decision_defaults(
         model, seeds=seeds, cache_dir=tmp_path, min_accuracy=1.0, max_false_idle=bound
     )
     assert "no-gesture scenes" in out["rule"]
     (got,) = [m for p, m in measured if p == out["chosen"]]
-    for key in ("stream_accuracy", "false_idle_rate", "scene_gesture_rate"):
+    assert "beyond 200 ms after a gesture's end" in out["rule"]
+    for key in (
+        "stream_accuracy",
+        "false_idle_rate",
+        "false_idle_rate_beyond_collar",
+        "scene_gesture_rate",
+    ):
         assert out["result_chosen"][key] == pytest.approx(got[key], abs=1e-12), key
     assert out["result_chosen"]["onset_to_decision_ms_p50"] == got["onset_to_decision_ms_p50"]
 
     def worst(m: dict[str, float]) -> float:
-        return max(m["false_idle_rate"], m["scene_gesture_rate"])
+        return max(m["false_idle_rate_beyond_collar"], m["scene_gesture_rate"])
 
     within = [m for _, m in measured if worst(m) <= bound]
     if within:  # the most accurate point within both bounds
