@@ -401,7 +401,7 @@ def test_replay_of_the_demo_with_the_shipped_model_scores_as_evaluate_does(
 ) -> None:
     """Issue 7's path: the default model (12 outputs, "no gesture" last) and the default
     decision settings through the whole pipeline, scored against ``demo_labels.csv``; the
-    same numbers as ``smastream evaluate`` (86.3 %, 10/10, 338 ms: the level the shipped
+    same numbers as ``smastream evaluate`` (86.9 %, 10/10, 348 ms: the level the shipped
     model measured, below issue 7's 90 %; README, "Demo model")."""
     import re
 
