@@ -853,7 +853,7 @@ def _wait_finished(threads: Sequence[_Stage], timeout_s: float) -> None:
 
 def score_line(decisions: list[tuple[int, int | None]], labels_path: Path) -> str:
     """How a replay's decisions agree with the recording's label file, in one line."""
-    from smastream.stream.decision import stream_metrics
+    from smastream.stream.decision import OFFSET_COLLAR_MS, stream_metrics
     from smastream.stream.formats.labels import read_labels
 
     m = stream_metrics(decisions, read_labels(labels_path).windows)
@@ -862,7 +862,9 @@ def score_line(decisions: list[tuple[int, int | None]], labels_path: Path) -> st
     return (
         f"labels {labels_path.name}: {100 * m.step_accuracy:.1f} % of steps inside gesture "
         f"windows decided right; {m.n_detected}/{len(m.onset_ms)} gestures detected (median "
-        f"onset to decision {onset}); {m.n_false_idle}/{m.n_idle_steps} idle steps decided"
+        f"onset to decision {onset}); {m.n_false_idle}/{m.n_idle_steps} idle steps decided "
+        f"({m.n_false_idle - m.n_false_collar}/{m.n_idle_steps - m.n_collar_steps} beyond "
+        f"{OFFSET_COLLAR_MS:.0f} ms after a gesture's end)"
     )
 
 

@@ -431,6 +431,13 @@ def test_replay_of_the_demo_with_the_shipped_model_scores_as_evaluate_does(
         err,
     )
     assert score, err
+    idle = re.search(
+        r"(\d+)/(\d+) idle steps decided \((\d+)/(\d+) beyond 200 ms after a gesture's end\)",
+        err,
+    )
+    assert idle, err
+    false_idle, n_idle, false_beyond, n_beyond = (int(g) for g in idle.groups())
+    assert false_beyond <= false_idle and 0 < n_beyond < n_idle  # the collars hold steps
     accuracy, found, total, onset_ms = (float(g) for g in score.groups())
     assert accuracy >= 84.0
     assert total == 10 and found == 10
