@@ -251,7 +251,7 @@ def test_bf16_autocast_lowers_the_convolutions_only_and_still_learns() -> None:
             assert loss.dtype == torch.float32
             assert all(v.dtype == torch.float32 for v in state.values())
             stepper(loss)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         hook.remove()
         assert set(conv_dtypes) == {torch.bfloat16 if amp else torch.float32}
         assert all(math.isfinite(v) for v in losses)
