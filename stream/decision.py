@@ -469,8 +469,17 @@ class StreamMetrics:
     @property
     def false_idle_rate_beyond_collar(self) -> float:
         """The false idle rate over the idle steps outside the collars (NaN when none)."""
-        n = self.n_idle_steps - self.n_collar_steps
-        return (self.n_false_idle - self.n_false_collar) / n if n else math.nan
+        return rate_beyond_collar(
+            self.n_idle_steps, self.n_false_idle, self.n_collar_steps, self.n_false_collar
+        )
+
+
+def rate_beyond_collar(idle: int, false_idle: int, collar: int, false_collar: int) -> float:
+    """``(false_idle - false_collar) / (idle - collar)``: the false idle rate outside the
+    collars, from the counts of :class:`StreamMetrics` (one recording's or summed); NaN
+    when every idle step is in a collar."""
+    n = idle - collar
+    return (false_idle - false_collar) / n if n > 0 else math.nan
 
 
 def decision_pairs(decisions: Iterable[Decision]) -> list[tuple[int, int | None]]:

@@ -63,6 +63,7 @@ from smastream.stream.decision import (
     DecisionConfig,
     StreamMetrics,
     events_per_bin,
+    rate_beyond_collar,
     stream_metrics,
 )
 from smastream.stream.formats.labels import (
@@ -471,7 +472,7 @@ def summarize(
             collar_steps=n_collar,
             false_collar_decisions=n_false_collar,
             false_idle_rate_beyond_collar=_nan_to_none(
-                (n_false - n_false_collar) / (n_idle - n_collar) if n_idle > n_collar else math.nan
+                rate_beyond_collar(n_idle, n_false, n_collar, n_false_collar)
             ),
             idle_resets=sum(r.idle_resets for r in results),
             stream_confusion=conf.tolist(),
@@ -868,7 +869,7 @@ def tune_decision_defaults(
             "windows_detected": sum(math.isfinite(o) for o in onsets),
             "false_idle_rate": false_idle / idle if idle else 0.0,
             "false_idle_rate_beyond_collar": (
-                (false_idle - false_collar) / (idle - collar) if idle > collar else 0.0
+                rate_beyond_collar(idle, false_idle, collar, false_collar) if idle > collar else 0.0
             ),
             "scene_gesture_rate": 0.0 if math.isnan(scene_rate) else scene_rate,
         }
